@@ -1,0 +1,1 @@
+"""Bookwire: a real-time booking and notification backend."""

@@ -1,0 +1,1 @@
+"""Users: registration, tokens, and admin management of accounts."""

@@ -1,0 +1,56 @@
+"""Wire types of the accounts area."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from app.wire import Email, Name, Password
+
+
+class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+    name: Name
+    role: Literal["customer", "provider"]
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+
+
+class UserRead(msgspec.Struct):
+    id: uuid.UUID
+    email: str
+    name: str
+    role: str
+    active: bool
+    created_at: datetime
+
+
+class TokenResponse(msgspec.Struct):
+    access_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+class RegisterResponse(msgspec.Struct):
+    user: UserRead
+    access_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+class StreamTokenResponse(msgspec.Struct):
+    token: str
+    expires_in: int
+
+
+class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Admin changes to an account; only `active` for now."""
+
+    active: bool | msgspec.UnsetType = msgspec.UNSET

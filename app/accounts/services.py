@@ -1,0 +1,107 @@
+"""Account rules: registration, sign-in, admin bootstrap, activation. Usable from HTTP and the CLI."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from app.accounts.schemas import UserRead, UserUpdate
+from app.db.errors import is_unique_violation
+from app.db.tables import User
+from app.errors import Conflict, NotFound, PermissionDenied, Unauthorized, Unprocessable
+from app.pagination import keyset_page
+from app.realtime.bus import EventBus
+from app.security import AuthUser, hash_password, verify_password
+
+
+def to_user_read(row: dict[str, Any]) -> UserRead:
+    return UserRead(id=row["id"], email=row["email"], name=row["name"], role=row["role"],
+                    active=row["active"], created_at=row["created_at"])
+
+
+_PUBLIC_COLUMNS = (User.id, User.email, User.name, User.role, User.active, User.created_at)
+
+
+async def create_user(email: str, password: str, name: str, role: str) -> UserRead:
+    """Insert a user; 409 when the e-mail (compared case-insensitively) is taken."""
+    email = email.strip().lower()
+    if await User.exists().where(User.email == email):
+        raise Conflict("An account with this e-mail already exists; sign in instead.")
+    row: dict[str, Any] = {"id": uuid.uuid4(), "email": email, "name": name, "role": role, "active": True,
+           "password_hash": await hash_password(password), "created_at": datetime.now(UTC)}
+    try:
+        await User.insert(User(**row))
+    except Exception as exc:
+        if is_unique_violation(exc):  # lost a race with an identical registration
+            raise Conflict("An account with this e-mail already exists; sign in instead.") from None
+        raise
+    return to_user_read(row)
+
+
+async def authenticate(email: str, password: str) -> UserRead:
+    """The active user with these credentials, or 401 (the same answer for any wrong part)."""
+    row = await User.select().where(User.email == email.strip().lower()).first()
+    if not await verify_password(password, row["password_hash"] if row else None) or row is None:
+        raise Unauthorized("Wrong e-mail or password.")
+    if not row["active"]:
+        raise Unauthorized("This account is deactivated.")
+    return to_user_read(row)
+
+
+async def ensure_admin(email: str, password: str) -> UserRead:
+    """Make sure an active admin with this e-mail and password exists (bootstrap and CLI)."""
+    email = email.strip().lower()
+    row = await User.select(*_PUBLIC_COLUMNS).where(User.email == email).first()
+    if row is None:
+        return await create_user(email, password, "Administrator", "admin")
+    await User.update(
+        {User.role: "admin", User.active: True, User.password_hash: await hash_password(password)}
+    ).where(User.email == email)
+    return to_user_read({**row, "role": "admin", "active": True})
+
+
+async def get_user(user_id: uuid.UUID) -> UserRead:
+    row = await User.select(*_PUBLIC_COLUMNS).where(User.id == user_id).first()
+    if row is None:
+        raise NotFound("No user with this id.")
+    return to_user_read(row)
+
+
+def require_admin(user: AuthUser) -> None:
+    """403 unless `user` is an admin."""
+    if not user.is_admin:
+        raise PermissionDenied("Only admins may manage users.")
+
+
+async def list_users(
+    admin: AuthUser, role: str | None, active: bool | None, limit: int, cursor: str | None
+) -> tuple[list[UserRead], str | None]:
+    require_admin(admin)
+    query = User.select(*_PUBLIC_COLUMNS)
+    if role is not None:
+        query = query.where(User.role == role)
+    if active is not None:
+        query = query.where(User.active == active)
+    rows, next_cursor = await keyset_page(query, User, limit, cursor)
+    return [to_user_read(r) for r in rows], next_cursor
+
+
+async def set_active(admin: AuthUser, user_id: uuid.UUID, active: bool, bus: EventBus) -> UserRead:
+    """Deactivate or reactivate an account; an admin cannot lock themselves out."""
+    require_admin(admin)
+    user = await get_user(user_id)
+    if user_id == admin.id and not active:
+        raise PermissionDenied("Admins cannot deactivate their own account.")
+    await User.update({User.active: active}).where(User.id == user_id)
+    if not active:  # end the user's open streams on every API process
+        await bus.publish_control({"close_user": str(user_id), "reason": "deactivated"})
+    return to_user_read({**{f: getattr(user, f) for f in user.__struct_fields__}, "active": active})
+
+
+async def update_user(admin: AuthUser, user_id: uuid.UUID, data: UserUpdate, bus: EventBus) -> UserRead:
+    """Admin change to an account (only `active` for now); an empty change is 422."""
+    require_admin(admin)
+    if not isinstance(data.active, bool):
+        raise Unprocessable.field("active", "send active: true or false")
+    return await set_active(admin, user_id, data.active, bus)

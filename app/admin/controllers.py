@@ -1,0 +1,59 @@
+"""`POST /v1/admin/announcements` and `GET /v1/admin/presence`."""
+
+from typing import Any, Literal
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.di import Provide
+
+from app.accounts.services import require_admin
+from app.idempotency import IdempotencyKey, run_once
+from app.realtime.events import BROADCAST, role_channel
+from app.security import AuthUser, current_user
+from app.wire import FreeText, Name
+
+
+class AnnouncementCreate(msgspec.Struct, forbid_unknown_fields=True):
+    title: Name
+    body: FreeText
+    audience: Literal["all", "customer", "provider", "admin"] = "all"
+
+
+class AnnouncementRead(msgspec.Struct):
+    id: str
+    title: str
+    body: str
+    audience: str
+
+
+class Presence(msgspec.Struct):
+    online: dict[str, int]
+    streams: dict[str, int]
+
+
+class AdminController(Controller):
+    path = "/v1/admin"
+    tags = ["admin"]
+    dependencies = {"user": Provide(current_user)}
+
+    @post("/announcements", operation_id="announce", status_code=202)
+    async def announce(
+        self, user: AuthUser, data: AnnouncementCreate, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> AnnouncementRead:
+        require_admin(user)
+        state: Any = request.app.state
+        channel = BROADCAST if data.audience == "all" else role_channel(data.audience)
+
+        async def publish() -> AnnouncementRead:
+            payload = {"title": data.title, "body": data.body, "audience": data.audience}
+            event_id, _ = await state.bus.publish("announcement", [channel], payload)
+            return AnnouncementRead(id=event_id, **payload)
+
+        return await run_once(state.redis, user.id, idempotency_key, "announce", data, publish, AnnouncementRead)
+
+    @get("/presence", operation_id="presence")
+    async def presence(self, user: AuthUser, request: Request) -> Presence:
+        require_admin(user)
+        snapshot = await request.app.state.presence.snapshot()
+        return Presence(online=snapshot["online"], streams=snapshot["streams"])
+

@@ -1,0 +1,71 @@
+"""The ASGI application: `create_app(settings)`, and `app` for uvicorn."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.types import ASGIApp
+
+from app.accounts.controllers import AuthController, MeController, UserController
+from app.admin.controllers import AdminController
+from app.bookings.controllers import BookingController
+from app.db.engine import bind_engine, engine_from_url
+from app.email.controllers import EmailAdminController
+from app.errors import EXCEPTION_HANDLERS
+from app.health import HealthController
+from app.lifespan import lifespan
+from app.live_page import live_page
+from app.metrics import Metrics, count_requests, metrics_endpoint
+from app.notifications.controllers import NotificationController
+from app.realtime.controllers import EventController
+from app.realtime.stream import with_event_stream
+from app.resources.controllers import ResourceController
+from app.security import TokenCodec
+from app.settings import Settings, load_settings
+from app.validation import validate_body
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the API for `settings` (read from the environment when not given)."""
+    settings = settings or load_settings()
+    engine = engine_from_url(settings.database_url)
+    bind_engine(engine)
+    return Litestar(
+        route_handlers=[
+            HealthController, metrics_endpoint, AuthController, MeController, UserController, ResourceController,
+            BookingController, NotificationController, EventController, AdminController, live_page,
+            EmailAdminController,
+        ],
+        lifespan=[lifespan(settings, engine)],
+        state=State({"settings": settings, "tokens": TokenCodec(settings), "metrics": Metrics()}),
+        middleware=[count_requests],
+        exception_handlers=EXCEPTION_HANDLERS,
+        before_request=validate_body,
+        request_max_body_size=MAX_BODY_BYTES,
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=False)
+        if settings.cors_origins else None,
+        openapi_config=OpenAPIConfig(
+            title="Bookwire", version="1", path="/schema",
+            render_plugins=[ScalarRenderPlugin(path="/"), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )
+
+
+def create_asgi(app: Litestar) -> ASGIApp:
+    """What the server runs: the Litestar app, with the event stream served beside its router."""
+    return with_event_stream(app)
+
+
+def __getattr__(name: str) -> ASGIApp:
+    # `uvicorn app.asgi:app` builds the app on first access, so importing this module has no side effects.
+    if name == "app":
+        application = create_asgi(create_app())
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""Bookings: the status machine, the capacity guarantee, history and availability."""

@@ -1,0 +1,31 @@
+"""Everything a committed booking change sets in motion, in one place: its events and in-app
+notifications, its emails, its reminders and its response deadline."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from app.bookings.events import Window, booking_changed
+from app.bookings.schemas import BookingRead
+from app.effects import Effects
+from app.email.services import queue_booking_emails
+from app.reminders.services import plan_deadline, plan_reminders
+
+log = logging.getLogger(__name__)
+
+
+async def follow_up(
+    effects: Effects, booking: BookingRead, event_type: str, actor_id: uuid.UUID | None,
+    seat_windows: list[Window], reason: str | None = None,
+) -> None:
+    """Publish, notify, mail and (re)schedule after `event_type`. The change is already stored, so a
+    failure here is logged rather than reported to the client as if the change had not happened."""
+    await booking_changed(effects.bus, booking, event_type, actor_id, seat_windows)
+    for step, name in ((queue_booking_emails(effects, booking, event_type, reason), "emails"),
+                       (plan_reminders(effects, booking, event_type), "reminders"),
+                       (plan_deadline(effects, booking, event_type), "deadline")):
+        try:
+            await step
+        except Exception:
+            log.exception("could not plan %s after %s of booking %s", name, event_type, booking.id)

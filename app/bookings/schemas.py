@@ -1,0 +1,59 @@
+"""Wire types of the bookings area."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import msgspec
+
+from app.wire import AwareDatetime, FreeText, Reason, Seats
+
+
+class BookingCreate(msgspec.Struct, forbid_unknown_fields=True):
+    resource_id: uuid.UUID
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    seats: Seats = 1
+    notes: FreeText = ""
+    customer_id: uuid.UUID | None = None
+    """Admins only: the customer the booking is made for."""
+
+
+class BookingUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Reschedule (`starts_at`/`ends_at`) and/or change `notes`; left-out fields stay."""
+
+    starts_at: AwareDatetime | msgspec.UnsetType = msgspec.UNSET
+    ends_at: AwareDatetime | msgspec.UnsetType = msgspec.UNSET
+    notes: FreeText | msgspec.UnsetType = msgspec.UNSET
+
+
+class ActionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Reason | None = None
+
+
+class BookingRead(msgspec.Struct):
+    id: uuid.UUID
+    resource_id: uuid.UUID
+    customer_id: uuid.UUID
+    owner_id: uuid.UUID
+    starts_at: datetime
+    ends_at: datetime
+    seats: int
+    notes: str
+    status: str
+    price_cents: int
+    currency: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class HistoryEntry(msgspec.Struct):
+    id: uuid.UUID
+    action: str
+    actor_id: uuid.UUID | None
+    from_status: str | None
+    to_status: str
+    reason: str | None
+    at: datetime

@@ -1,0 +1,33 @@
+"""Seats on a resource: the bookings holding them over a window, and the availability they leave."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from app.bookings.capacity import Interval, occupancy
+from app.bookings.status import HOLDS_SEATS
+from app.db.tables import Booking, Resource
+from app.resources.schemas import Availability, BusyInterval
+
+
+async def seat_holders(
+    resource_id: uuid.UUID, start: datetime, end: datetime, ignore: uuid.UUID | None = None
+) -> list[Interval]:
+    """`(starts_at, ends_at, seats)` of the bookings that hold seats and overlap `[start, end)`."""
+    rows = await Booking.select(Booking.id, Booking.starts_at, Booking.ends_at, Booking.seats).where(
+        Booking.resource_id == resource_id, Booking.status.is_in(list(HOLDS_SEATS)),
+        Booking.starts_at < end, Booking.ends_at > start,
+    )
+    return [(r["starts_at"], r["ends_at"], r["seats"]) for r in rows if r["id"] != ignore]
+
+
+async def availability_of(resource_id: uuid.UUID, start: datetime, end: datetime) -> Availability:
+    """Maximal intervals of `[start, end)` with a constant, non-zero number of seats taken."""
+    resource = await Resource.select(Resource.capacity).where(Resource.id == resource_id).first()
+    capacity = resource["capacity"] if resource else 0
+    busy = [
+        BusyInterval(starts_at=s, ends_at=e, seats_taken=n, seats_left=max(capacity - n, 0))
+        for s, e, n in occupancy(await seat_holders(resource_id, start, end), start, end)
+    ]
+    return Availability(resource_id=resource_id, capacity=capacity, from_=start, to=end, busy=busy)

@@ -1,0 +1,271 @@
+"""Booking rules: creation under the capacity guarantee, the status machine, reschedule, history.
+
+Every change bumps `version` by one and appends a history entry in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.bookings.capacity import peak_seats
+from app.bookings.follow_up import follow_up
+from app.bookings.schemas import BookingCreate, BookingRead, BookingUpdate, HistoryEntry
+from app.bookings.seats import availability_of, seat_holders
+from app.bookings.status import HOLDS_SEATS, TRANSITIONS, Transition, allowed_actions, may_take
+from app.db.tables import Booking, BookingHistory, Resource, User
+from app.db.transactions import lock_row, write_transaction
+from app.effects import Effects
+from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
+from app.pagination import keyset_page
+from app.reminders.schemas import ReminderRead
+from app.reminders.services import reminders_of
+from app.resources.schemas import Availability
+from app.resources.services import load_visible
+from app.security import AuthUser
+from app.wire import to_utc
+
+MAX_BOOKING_LENGTH = timedelta(days=30)
+MAX_AVAILABILITY_WINDOW = timedelta(days=93)
+
+
+def to_booking_read(row: dict[str, Any]) -> BookingRead:
+    return BookingRead(**{name: row[name] for name in BookingRead.__struct_fields__})
+
+
+def relations(user: AuthUser, row: dict[str, Any]) -> set[str]:
+    """How the caller relates to a booking: its customer, the resource's owner, an admin."""
+    found = set()
+    if row["customer_id"] == user.id:
+        found.add("customer")
+    if row["owner_id"] == user.id:
+        found.add("owner")
+    if user.is_admin:
+        found.add("admin")
+    return found
+
+
+async def _load_visible_booking(user: AuthUser, booking_id: uuid.UUID) -> dict[str, Any]:
+    row = await Booking.select().where(Booking.id == booking_id).first()
+    if row is None or not relations(user, row):
+        raise NotFound("No booking with this id.")
+    return row
+
+
+def _check_interval(starts_at: datetime, ends_at: datetime, now: datetime) -> None:
+    if starts_at < now:
+        raise Unprocessable.field("starts_at", "must not be in the past")
+    if ends_at <= starts_at:
+        raise Unprocessable.field("ends_at", "must be after starts_at")
+    if ends_at - starts_at > MAX_BOOKING_LENGTH:
+        raise Unprocessable.field("ends_at", "a booking may last at most 30 days")
+
+
+async def _check_capacity(
+    resource: dict[str, Any], starts_at: datetime, ends_at: datetime, seats: int,
+    ignore: uuid.UUID | None = None,
+) -> None:
+    """409 when `seats` more would exceed capacity at some instant. Call under the resource lock."""
+    holders = await seat_holders(resource["id"], starts_at, ends_at, ignore)
+    taken = peak_seats(holders, starts_at, ends_at)
+    if taken + seats > resource["capacity"]:
+        raise Conflict(
+            f"Only {resource['capacity'] - taken} of {resource['capacity']} seats are free in this interval.",
+            seats_left=resource["capacity"] - taken,
+        )
+
+
+async def _customer_for(user: AuthUser, customer_id: uuid.UUID | None) -> uuid.UUID:
+    if user.role == "provider":
+        raise PermissionDenied("Providers cannot make bookings; sign in as a customer.")
+    if user.role == "customer":
+        if customer_id not in (None, user.id):
+            raise PermissionDenied("Only admins may book for another customer.")
+        return user.id
+    if customer_id is None:
+        raise Unprocessable.field("customer_id", "admins must name the customer the booking is for")
+    customer = await User.select(User.role, User.active).where(User.id == customer_id).first()
+    if customer is None or customer["role"] != "customer" or not customer["active"]:
+        raise Unprocessable.field("customer_id", "must be the id of an active customer")
+    return customer_id
+
+
+async def _history(booking_id: uuid.UUID, action: str, actor_id: uuid.UUID | None, from_status: str | None,
+                   to_status: str, reason: str | None, at: datetime) -> None:
+    await BookingHistory.insert(BookingHistory(
+        id=uuid.uuid4(), booking_id=booking_id, action=action, actor_id=actor_id,
+        from_status=from_status, to_status=to_status, reason=reason, at=at,
+    ))
+
+
+async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
+    """The resource row if it may take bookings now, else 422 (the same answer whatever the reason)."""
+    resource = await Resource.select().where(
+        Resource.id == resource_id, Resource.deleted_at.is_null(), Resource.active == True  # noqa: E712
+    ).first()
+    if resource is None:
+        raise Unprocessable.field("resource_id", "no active resource has this id")
+    return resource
+
+
+async def create_booking(user: AuthUser, data: BookingCreate, effects: Effects) -> BookingRead:
+    """Create a booking: pending, or confirmed at once when the resource needs no confirmation."""
+    customer_id = await _customer_for(user, data.customer_id)
+    starts_at, ends_at = to_utc(data.starts_at, "starts_at"), to_utc(data.ends_at, "ends_at")
+    _check_interval(starts_at, ends_at, datetime.now(UTC))
+    async with write_transaction():
+        await lock_row(Resource, data.resource_id)
+        now = datetime.now(UTC)  # after the lock, so created_at follows commit order for one resource
+        resource = await _bookable_resource(data.resource_id)
+        if data.seats > resource["capacity"]:
+            raise Unprocessable.field("seats", f"the resource has only {resource['capacity']} seats")
+        await _check_capacity(resource, starts_at, ends_at, data.seats)
+        row = {
+            "id": uuid.uuid4(), "resource_id": resource["id"], "customer_id": customer_id,
+            "owner_id": resource["owner_id"], "starts_at": starts_at, "ends_at": ends_at, "seats": data.seats,
+            "notes": data.notes, "status": "pending" if resource["requires_confirmation"] else "confirmed",
+            "price_cents": resource["price_cents"] * data.seats, "currency": resource["currency"],
+            "version": 1, "created_at": now, "updated_at": now,
+        }
+        await Booking.insert(Booking(**row))
+        await _history(row["id"], "create", user.id, None, row["status"], None, now)
+    booking = to_booking_read(row)
+    await follow_up(effects, booking, "booking.created", user.id, [(starts_at, ends_at)])
+    return booking
+
+
+async def get_booking(user: AuthUser, booking_id: uuid.UUID) -> BookingRead:
+    return to_booking_read(await _load_visible_booking(user, booking_id))
+
+
+async def list_bookings(
+    user: AuthUser, status: str | None, resource_id: uuid.UUID | None, from_: datetime | None,
+    to: datetime | None, limit: int, cursor: str | None,
+) -> tuple[list[BookingRead], str | None]:
+    """The caller's bookings (a provider's: those on their resources; an admin's: all)."""
+    query = Booking.select()
+    if user.role == "customer":
+        query = query.where(Booking.customer_id == user.id)
+    elif user.role == "provider":
+        query = query.where(Booking.owner_id == user.id)
+    if status is not None:
+        query = query.where(Booking.status == status)
+    if resource_id is not None:
+        query = query.where(Booking.resource_id == resource_id)
+    if from_ is not None:
+        query = query.where(Booking.ends_at > to_utc(from_, "from"))
+    if to is not None:
+        query = query.where(Booking.starts_at < to_utc(to, "to"))
+    rows, next_cursor = await keyset_page(query, Booking, limit, cursor)
+    return [to_booking_read(r) for r in rows], next_cursor
+
+
+async def reminders(user: AuthUser, booking_id: uuid.UUID) -> list[ReminderRead]:
+    """The reminders of a booking the caller may see, by due time."""
+    await _load_visible_booking(user, booking_id)
+    return await reminders_of(booking_id)
+
+
+async def history(user: AuthUser, booking_id: uuid.UUID) -> list[HistoryEntry]:
+    await _load_visible_booking(user, booking_id)
+    rows = await BookingHistory.select().where(BookingHistory.booking_id == booking_id).order_by(
+        BookingHistory.at
+    )
+    return [HistoryEntry(**{name: r[name] for name in HistoryEntry.__struct_fields__}) for r in rows]
+
+
+async def _apply(row: dict[str, Any], transition: Transition, actor_id: uuid.UUID | None, reason: str | None,
+                 changes: dict[str, Any] | None = None) -> BookingRead:
+    """Write one transition (inside a write transaction); 409 if someone else changed it first."""
+    now = datetime.now(UTC)
+    values: dict[Any, Any] = {**(changes or {}), "status": transition.target or row["status"],
+              "version": row["version"] + 1, "updated_at": now}
+    updated = await Booking.update(values).where(
+        Booking.id == row["id"], Booking.version == row["version"]
+    ).returning(Booking.id)
+    if not updated:
+        raise Conflict("The booking changed while this request ran; reload it and try again.")
+    await _history(row["id"], transition.action, actor_id, row["status"], values["status"], reason, now)
+    return to_booking_read({**row, **values})
+
+
+def _refuse_status(row: dict[str, Any], action: str, rel: set[str]) -> Conflict:
+    allowed = allowed_actions(row["status"], rel)
+    return Conflict(
+        f"Cannot {action} a booking that is {row['status']}; allowed now: {', '.join(allowed) or 'nothing'}.",
+        current_status=row["status"], allowed_actions=allowed,
+    )
+
+
+async def transition(
+    user: AuthUser | None, booking_id: uuid.UUID, action: str, reason: str | None, effects: Effects
+) -> BookingRead:
+    """Take a status action (confirm, reject, cancel, check-in, complete) for the caller, or for the
+    system when `user` is None (e.g. `expire` when a response deadline passes)."""
+    rel = {"system"}
+    if user is not None:
+        rel = relations(user, await _load_visible_booking(user, booking_id))
+        if not may_take(action, rel):
+            raise PermissionDenied(f"You may not {action} this booking.")
+    transition = TRANSITIONS[action]
+    async with write_transaction():
+        await lock_row(Booking, booking_id)  # racing actions queue here and see each other's result
+        row = await Booking.select().where(Booking.id == booking_id).first()
+        if row is None:
+            raise NotFound("No booking with this id.")
+        if row["status"] not in transition.sources:
+            raise _refuse_status(row, action, rel)
+        booking = await _apply(row, transition, user.id if user else None, reason)
+    freed = row["status"] in HOLDS_SEATS and booking.status not in HOLDS_SEATS
+    windows = [(booking.starts_at, booking.ends_at)] if freed else []
+    await follow_up(effects, booking, transition.event, user.id if user else None, windows, reason)
+    return booking
+
+
+async def update_booking(user: AuthUser, booking_id: uuid.UUID, data: BookingUpdate, effects: Effects) -> BookingRead:
+    """Reschedule (new times, capacity re-checked) and/or change the notes."""
+    reschedule = isinstance(data.starts_at, datetime) or isinstance(data.ends_at, datetime)
+    if not reschedule and not isinstance(data.notes, str):
+        raise Unprocessable.field("body", "send starts_at and/or ends_at to reschedule, or notes")
+    action = "reschedule" if reschedule else "update"
+    row = await _load_visible_booking(user, booking_id)
+    rel = relations(user, row)
+    if not may_take(action, rel):
+        raise PermissionDenied(f"You may not {action} this booking.")
+    changes: dict[str, Any] = {}
+    if isinstance(data.notes, str):
+        changes["notes"] = data.notes
+    async with write_transaction():
+        await lock_row(Resource, row["resource_id"])
+        await lock_row(Booking, booking_id)
+        fresh = await Booking.select().where(Booking.id == booking_id).first()
+        if fresh is None:
+            raise NotFound("No booking with this id.")
+        row = fresh
+        if row["status"] not in TRANSITIONS[action].sources:
+            raise _refuse_status(row, action, rel)
+        if reschedule:
+            starts_at = row["starts_at"]
+            if isinstance(data.starts_at, datetime):
+                starts_at = to_utc(data.starts_at, "starts_at")
+            ends_at = to_utc(data.ends_at, "ends_at") if isinstance(data.ends_at, datetime) else row["ends_at"]
+            _check_interval(starts_at, ends_at, datetime.now(UTC))
+            resource = await _bookable_resource(row["resource_id"])
+            await _check_capacity(resource, starts_at, ends_at, row["seats"], ignore=row["id"])
+            changes.update(starts_at=starts_at, ends_at=ends_at)
+        booking = await _apply(row, TRANSITIONS[action], user.id, None, changes)
+    windows = [(row["starts_at"], row["ends_at"]), (booking.starts_at, booking.ends_at)] if reschedule else []
+    await follow_up(effects, booking, TRANSITIONS[action].event, user.id, windows)
+    return booking
+
+
+async def availability(user: AuthUser, resource_id: uuid.UUID, from_: datetime, to: datetime) -> Availability:
+    """Seats taken over `[from, to)` as maximal intervals with a constant count."""
+    start, end = to_utc(from_, "from"), to_utc(to, "to")
+    if end <= start:
+        raise Unprocessable.field("to", "must be after from")
+    if end - start > MAX_AVAILABILITY_WINDOW:
+        raise Unprocessable.field("to", "the window may span at most 93 days")
+    await load_visible(user, resource_id)
+    return await availability_of(resource_id, start, end)

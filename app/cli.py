@@ -1,0 +1,206 @@
+"""The `bookwire` command: `up` (everything, embedded defaults), `api`, `worker`, `scheduler`,
+`migrate` and `create-admin`. Each production part runs as its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from app.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("bookwire")
+
+
+def _redis_sync(settings: Settings):  # type: ignore[no-untyped-def]
+    from redis import Redis
+
+    if settings.redis_url is None:
+        raise SystemExit("REDIS_URL is not set: run `bookwire up` for an embedded Redis, or set REDIS_URL.")
+    return Redis.from_url(settings.redis_url)
+
+
+def migrate(settings: Settings) -> None:
+    """Apply Piccolo migrations to `DATABASE_URL`."""
+    # Piccolo's migration runner finds its engine through piccolo_conf, which reads DATABASE_URL.
+    os.environ["DATABASE_URL"] = settings.database_url
+    os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
+    from piccolo.apps.migrations.commands.forwards import run_forwards
+
+    from app.db.engine import bind_engine, close_engine, engine_from_url, open_engine
+
+    async def run() -> None:
+        engine = engine_from_url(settings.database_url)
+        bind_engine(engine)
+        await open_engine(engine)
+        try:
+            result = await run_forwards("bookwire")
+            if not result.success:
+                raise SystemExit(f"migrations failed: {result.message}")
+        finally:
+            await close_engine(engine)
+
+    asyncio.run(run())
+
+
+def create_admin(settings: Settings, email: str, password: str) -> None:
+    from app.accounts.services import ensure_admin
+    from app.db.engine import bind_engine, close_engine, engine_from_url, open_engine
+
+    async def run() -> None:
+        engine = engine_from_url(settings.database_url)
+        bind_engine(engine)
+        await open_engine(engine)
+        try:
+            user = await ensure_admin(email, password)
+            print(f"admin {user.email} ({user.id}) is ready")
+        finally:
+            await close_engine(engine)
+
+    asyncio.run(run())
+
+
+def api(settings: Settings) -> None:
+    import uvicorn
+
+    from app.asgi import create_app, create_asgi
+
+    app = create_app(settings)
+
+    class StreamClosingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, first tell every open stream `stream.closing: shutdown`, so clients
+        reconnect elsewhere at once instead of waiting for the graceful-shutdown timeout."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            hub = getattr(app.state, "hub", None)
+            loop = getattr(self, "_loop", None)
+            if hub is not None and loop is not None:
+                loop.call_soon_threadsafe(hub.close_all, "shutdown")
+            super().handle_exit(sig, frame)
+
+        async def serve(self, sockets: Any = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+    config = uvicorn.Config(create_asgi(app), host=settings.host, port=settings.port, log_level="info",
+                            proxy_headers=True, server_header=False, timeout_graceful_shutdown=5)
+    StreamClosingServer(config).run()
+
+
+def _survive_redis_outages(run: Callable[[], object], what: str) -> None:
+    """Run `run` again whenever it dies of a lost Redis connection, instead of exiting the process."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    delay = 0.2
+    while True:
+        try:
+            run()
+            return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("%s lost Redis (%s); starting again in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def worker(settings: Settings) -> None:
+    from workers import context
+    from workers.queues import build_worker
+
+    connection = _redis_sync(settings)
+    context.start(settings, connection)
+    _survive_redis_outages(lambda: build_worker(connection).work(with_scheduler=False), "worker")
+
+
+def scheduler(settings: Settings) -> None:
+    from workers.jobs import install_periodic_jobs
+    from workers.queues import JobQueue, build_scheduler
+
+    connection = _redis_sync(settings)
+    _survive_redis_outages(lambda: install_periodic_jobs(JobQueue(connection)), "scheduler setup")
+    _survive_redis_outages(lambda: build_scheduler(connection).run(), "scheduler")
+
+
+def up(settings: Settings) -> None:
+    """Everything on one machine: embedded Redis if needed, migrations, worker, scheduler, API."""
+    from app.embedded_redis import EmbeddedRedis
+
+    embedded = None
+    env = dict(os.environ, DATA_DIR=str(settings.data_dir), DATABASE_URL=settings.database_url)
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        env["REDIS_URL"] = embedded.start()
+        if settings.jwt_secret:  # the children see REDIS_URL, so they must be handed the dev secret
+            env["JWT_SECRET"] = settings.jwt_secret
+        settings = load_settings(env)
+        print(f"Started a private Redis at {settings.redis_url} (AOF in {settings.data_dir / 'redis'})")
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        migrate(settings)
+        for part in ("worker", "scheduler"):
+            children.append(subprocess.Popen([sys.executable, "-m", "app.cli", part], env=env))
+        print(f"Bookwire API:    {settings.app_url}/v1\n"
+              f"API docs (UI):   http://{settings.host}:{settings.port}/schema\n"
+              f"OpenAPI JSON:    http://{settings.host}:{settings.port}/schema/openapi.json\n"
+              f"Health:          http://{settings.host}:{settings.port}/ready", flush=True)
+        api(settings)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if embedded:
+            embedded.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bookwire", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="run everything locally (embedded Redis when REDIS_URL is unset)")
+    commands.add_parser("api", help="serve the HTTP API")
+    commands.add_parser("worker", help="run an RQ worker")
+    commands.add_parser("scheduler", help="run the rq-scheduler")
+    commands.add_parser("migrate", help="apply database migrations")
+    admin = commands.add_parser("create-admin", help="create an admin, or reset an existing one")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", help="prompted for when left out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"bookwire: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "create-admin":
+        password = args.password or getpass.getpass("Password: ")
+        if not 8 <= len(password) <= 1024:
+            print("bookwire: the password must have 8 to 1024 characters", file=sys.stderr)
+            return 2
+        create_admin(settings, args.email, password)
+    else:
+        {"up": up, "api": api, "worker": worker, "scheduler": scheduler, "migrate": migrate}[args.command](settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The database tables. Times are `Timestamptz` (stored in UTC); ids are UUIDs."""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    JSONB,
+    UUID,
+    BigInt,
+    Boolean,
+    ForeignKey,
+    Integer,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+
+class User(Table, tablename="users"):
+    """A customer, provider or admin. `email` is stored lower-cased."""
+
+    id = UUID(primary_key=True)
+    email = Varchar(length=254, unique=True)
+    name = Varchar(length=200)
+    role = Varchar(length=16, index=True)
+    password_hash = Text()
+    active = Boolean(default=True)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
+class Resource(Table, tablename="resources"):
+    """Something bookable: a room, a seat, a session. Deleting it only sets `deleted_at`."""
+
+    id = UUID(primary_key=True)
+    owner_id = ForeignKey(references=User, index=True)
+    name = Varchar(length=200)
+    kind = Varchar(length=100)
+    description = Text()
+    capacity = Integer(default=1)
+    price_cents = BigInt(default=0)
+    currency = Varchar(length=3)
+    timezone = Varchar(length=64)
+    requires_confirmation = Boolean(default=True)
+    response_deadline_seconds = Integer(null=True, default=None)
+    active = Boolean(default=True)
+    deleted_at = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class Booking(Table, tablename="bookings"):
+    """A customer's claim on `seats` of a resource for `[starts_at, ends_at)`."""
+
+    id = UUID(primary_key=True)
+    resource_id = ForeignKey(references=Resource, index=True)
+    customer_id = ForeignKey(references=User, index=True)
+    owner_id = ForeignKey(references=User, index=True)
+    starts_at = Timestamptz(index=True)
+    ends_at = Timestamptz(index=True)
+    seats = Integer(default=1)
+    notes = Text()
+    status = Varchar(length=16, index=True)
+    price_cents = BigInt(default=0)
+    currency = Varchar(length=3)
+    version = Integer(default=1)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class BookingHistory(Table, tablename="booking_history"):
+    """One row per change of a booking, oldest first; `actor_id` is None for the system."""
+
+    id = UUID(primary_key=True)
+    booking_id = ForeignKey(references=Booking, index=True)
+    action = Varchar(length=32)
+    actor_id = UUID(null=True, default=None)
+    from_status = Varchar(length=16, null=True, default=None)
+    to_status = Varchar(length=16)
+    reason = Text(null=True, default=None)
+    at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
+class Notification(Table, tablename="notifications"):
+    """An in-app inbox item of one user; `read_at` is None while unread."""
+
+    id = UUID(primary_key=True)
+    user_id = ForeignKey(references=User, index=True)
+    type = Varchar(length=64)
+    title = Varchar(length=200)
+    body = Text()
+    data = JSONB()
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    read_at = Timestamptz(null=True, default=None, index=True)
+
+
+class EmailTemplate(Table, tablename="email_templates"):
+    """An admin's override of a shipped email template (absent: the default is used)."""
+
+    key = Varchar(length=64, primary_key=True)
+    subject = Text()
+    text = Text()
+    html = Text()
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class EmailDelivery(Table, tablename="email_deliveries"):
+    """One email to send: what, to whom, and how sending went. `context` is rendered at send time."""
+
+    id = UUID(primary_key=True)
+    template_key = Varchar(length=64)
+    booking_id = UUID(null=True, default=None, index=True)
+    to_address = Varchar(length=254)
+    context = JSONB()
+    status = Varchar(length=16, index=True)  # queued, sending, sent, failed
+    attempts = Integer(default=0)
+    last_error = Text(null=True, default=None)
+    message_id = Varchar(length=200)
+    claimed_until = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    updated_at = Timestamptz(default=TimestamptzNow())
+    sent_at = Timestamptz(null=True, default=None)
+
+
+class Reminder(Table, tablename="reminders"):
+    """A reminder before a confirmed booking starts, for its owner or its customer."""
+
+    id = UUID(primary_key=True)
+    booking_id = ForeignKey(references=Booking, index=True)
+    recipient_id = UUID()
+    recipient_role = Varchar(length=16)
+    offset_seconds = Integer()
+    due_at = Timestamptz(index=True)
+    status = Varchar(length=16, index=True)  # scheduled, sent, cancelled, failed
+    fired_at = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+ALL_TABLES: list[type[Table]] = [
+    User, Resource, Booking, BookingHistory, Notification, EmailTemplate, EmailDelivery, Reminder,
+]

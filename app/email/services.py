@@ -1,0 +1,198 @@
+"""Which emails a booking change sends, the admin's templates, and the delivery log.
+
+The API never talks SMTP: it stores an `email_deliveries` row (status `queued`, with everything the
+template needs) and enqueues `workers.jobs.send_email`. The row makes sending idempotent and
+visible in `GET /v1/admin/emails`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from app.bookings.schemas import BookingRead
+from app.db.tables import EmailDelivery, EmailTemplate, Resource, User
+from app.effects import Effects
+from app.email.schemas import DeliveryRead, TemplateRead, TemplateWrite
+from app.errors import NotFound, Unprocessable
+from app.pagination import keyset_page
+from workers.email import (
+    SAMPLE_CONTEXT,
+    TEMPLATE_KEYS,
+    TemplateProblem,
+    check_template,
+    default_template,
+    new_message_id,
+    render,
+)
+from workers.queues import EMAIL_QUEUE, email_job_id
+
+# event type -> who gets an email (the spec's list: customer for every change, owner for three)
+RECIPIENTS: dict[str, tuple[str, ...]] = {
+    "booking.created": ("customer", "owner"),
+    "booking.confirmed": ("customer",),
+    "booking.rejected": ("customer",),
+    "booking.cancelled": ("customer", "owner"),
+    "booking.rescheduled": ("customer", "owner"),
+    "booking.completed": ("customer",),
+    "booking.expired": ("customer",),
+}
+
+
+def _local(moment: datetime, timezone: str) -> str:
+    return f"{moment.astimezone(ZoneInfo(timezone)):%Y-%m-%d %H:%M}"
+
+
+def booking_context(
+    booking: BookingRead, resource: dict[str, Any], people: dict[str, dict[str, Any]], recipient_role: str,
+    reason: str | None, app_url: str,
+) -> dict[str, Any]:
+    """Everything a booking email template may use (see workers.email.SAMPLE_CONTEXT)."""
+    recipient = people[recipient_role]
+    return {
+        "app_url": app_url,
+        "link": f"{app_url}/bookings/{booking.id}",
+        "recipient": {"name": recipient["name"], "email": recipient["email"], "role": recipient_role},
+        "customer": {"name": people["customer"]["name"], "email": people["customer"]["email"]},
+        "owner": {"name": people["owner"]["name"], "email": people["owner"]["email"]},
+        "resource": {"id": str(resource["id"]), "name": resource["name"], "timezone": resource["timezone"]},
+        "booking": {
+            "id": str(booking.id), "status": booking.status, "seats": booking.seats, "notes": booking.notes,
+            "starts_at": booking.starts_at.isoformat(), "ends_at": booking.ends_at.isoformat(),
+            "starts_at_local": _local(booking.starts_at, resource["timezone"]),
+            "ends_at_local": _local(booking.ends_at, resource["timezone"]),
+            "price_cents": booking.price_cents, "currency": booking.currency,
+        },
+        "reason": reason,
+    }
+
+
+async def booking_people(booking: BookingRead) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The resource row and the customer and owner (name, email) of a booking."""
+    resource = await Resource.select(Resource.id, Resource.name, Resource.timezone).where(
+        Resource.id == booking.resource_id
+    ).first()
+    users = await User.select(User.id, User.name, User.email).where(
+        User.id.is_in([booking.customer_id, booking.owner_id])
+    )
+    by_id = {u["id"]: u for u in users}
+    assert resource is not None
+    return resource, {"customer": by_id[booking.customer_id], "owner": by_id[booking.owner_id]}
+
+
+async def queue_email(effects: Effects, template_key: str, to_address: str, context: dict[str, Any],
+                      booking_id: uuid.UUID | None) -> uuid.UUID:
+    """Record a delivery and hand it to a worker."""
+    from workers.jobs import send_email  # the job module imports the services: import at use
+
+    delivery_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    await EmailDelivery.insert(EmailDelivery(
+        id=delivery_id, template_key=template_key, booking_id=booking_id, to_address=to_address,
+        context=msgspec.json.encode(context).decode(), status="queued", attempts=0, last_error=None,
+        message_id=new_message_id(str(delivery_id), effects.settings), claimed_until=None,
+        created_at=now, updated_at=now, sent_at=None,
+    ))
+    await effects.run(effects.jobs.enqueue, send_email, str(delivery_id), job_id=email_job_id(delivery_id, 1),
+                      queue=EMAIL_QUEUE)
+    return delivery_id
+
+
+async def queue_booking_emails(effects: Effects, booking: BookingRead, event_type: str, reason: str | None) -> None:
+    """The emails of one booking change, per the spec's list."""
+    roles = RECIPIENTS.get(event_type, ())
+    if not roles:
+        return
+    resource, people = await booking_people(booking)
+    for role in roles:
+        context = booking_context(booking, resource, people, role, reason, effects.settings.app_url)
+        await queue_email(effects, f"{event_type}.{role}", people[role]["email"], context, booking.id)
+
+
+# ---- templates (admin) -------------------------------------------------------------------------
+
+
+def _check_key(key: str) -> None:
+    if key not in TEMPLATE_KEYS:
+        raise NotFound(f"No email template {key[:80]!r}; keys are: {', '.join(TEMPLATE_KEYS)}.")
+
+
+async def effective_template(key: str) -> dict[str, str]:
+    """The admin's override of `key`, else the shipped default."""
+    row = await EmailTemplate.select().where(EmailTemplate.key == key).first()
+    return {p: row[p] for p in ("subject", "text", "html")} if row else default_template(key)
+
+
+async def get_template(key: str) -> TemplateRead:
+    _check_key(key)
+    row = await EmailTemplate.select().where(EmailTemplate.key == key).first()
+    if row is None:
+        return TemplateRead(key=key, is_default=True, updated_at=None, **default_template(key))
+    return TemplateRead(key=key, subject=row["subject"], text=row["text"], html=row["html"], is_default=False,
+                        updated_at=row["updated_at"])
+
+
+async def list_templates() -> list[TemplateRead]:
+    return [await get_template(key) for key in TEMPLATE_KEYS]
+
+
+def _refuse(problem: TemplateProblem) -> Unprocessable:
+    return Unprocessable.field(problem.part, problem.message)
+
+
+async def put_template(key: str, data: TemplateWrite) -> TemplateRead:
+    """Store an override after checking it renders in the sandbox with every variable defined."""
+    _check_key(key)
+    template: dict[Any, Any] = {"subject": data.subject, "text": data.text, "html": data.html}
+    try:
+        check_template(template)
+    except TemplateProblem as problem:
+        raise _refuse(problem) from None
+    now = datetime.now(UTC)
+    if await EmailTemplate.exists().where(EmailTemplate.key == key):
+        await EmailTemplate.update({**template, "updated_at": now}).where(EmailTemplate.key == key)
+    else:
+        await EmailTemplate.insert(EmailTemplate(key=key, updated_at=now, **template))
+    return await get_template(key)
+
+
+async def delete_template(key: str) -> None:
+    _check_key(key)
+    await EmailTemplate.delete().where(EmailTemplate.key == key)
+
+
+async def preview_template(key: str, context: dict[str, Any] | None) -> dict[str, str]:
+    """Render the effective template with the sample context, overridden by `context`."""
+    _check_key(key)
+    merged = {**SAMPLE_CONTEXT, **(context or {})}
+    try:
+        rendered = render(await effective_template(key), merged)
+    except TemplateProblem as problem:
+        raise _refuse(problem) from None
+    return msgspec.structs.asdict(rendered)
+
+
+# ---- delivery log (admin) ----------------------------------------------------------------------
+
+
+def to_delivery_read(row: dict[str, Any]) -> DeliveryRead:
+    """A delivery as admins see it: `sending` (an attempt in progress) shows as `queued`."""
+    values = {name: row[name] for name in DeliveryRead.__struct_fields__}
+    values["status"] = "queued" if values["status"] == "sending" else values["status"]
+    return DeliveryRead(**values)
+
+
+async def list_deliveries(
+    status: str | None, booking_id: uuid.UUID | None, limit: int, cursor: str | None
+) -> tuple[list[DeliveryRead], str | None]:
+    query = EmailDelivery.select()
+    if status is not None:
+        query = query.where(EmailDelivery.status.is_in(["queued", "sending"] if status == "queued" else [status]))
+    if booking_id is not None:
+        query = query.where(EmailDelivery.booking_id == booking_id)
+    rows, next_cursor = await keyset_page(query, EmailDelivery, limit, cursor, newest_first=True)
+    return [to_delivery_read(r) for r in rows], next_cursor

@@ -1,0 +1,54 @@
+"""Liveness and readiness probes."""
+
+from typing import Any
+
+from litestar import Controller, Request, Response, get
+from redis.asyncio import Redis
+
+from app.db.tables import User
+
+SCHEDULER_KEY_PATTERN = "rq:scheduler_instance:*"
+
+
+async def _database_ok() -> bool:
+    try:
+        await User.raw("SELECT 1")
+    except Exception:
+        return False
+    return True
+
+
+async def _redis_ok(redis: Redis) -> bool:
+    try:
+        return bool(await redis.ping())
+    except Exception:
+        return False
+
+
+async def _scheduler_ok(redis: Redis) -> bool:
+    """True when at least one rq-scheduler has registered itself and not its death."""
+    try:
+        async for key in redis.scan_iter(match=SCHEDULER_KEY_PATTERN, count=100):
+            if not await redis.hexists(key, "death"):
+                return True
+    except Exception:
+        return False
+    return False
+
+
+class HealthController(Controller):
+    tags = ["health"]
+    include_in_schema = True
+
+    @get("/health", operation_id="health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready", operation_id="ready")
+    async def ready(self, request: Request) -> Response[dict[str, Any]]:
+        redis: Redis = request.app.state.redis
+        checks = {"database": await _database_ok(), "redis": await _redis_ok(redis)}
+        checks["scheduler"] = checks["redis"] and await _scheduler_ok(redis)
+        ready = all(checks.values())
+        return Response({"status": "ready" if ready else "unavailable", "checks": checks},
+                        status_code=200 if ready else 503)

@@ -1,0 +1,101 @@
+"""What an API process opens at start and closes at stop: the database engine, Redis, the event
+bus's live subscription, the hub's ticker and the presence refresher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from piccolo.engine.base import Engine
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.accounts.services import ensure_admin
+from app.db.engine import close_engine, open_engine
+from app.effects import Effects
+from app.errors import Conflict
+from app.realtime.bus import EventBus
+from app.realtime.hub import Hub
+from app.realtime.presence import REFRESH_SECONDS, Presence
+from app.settings import Settings
+from workers.queues import JobQueue
+
+log = logging.getLogger(__name__)
+
+
+def redis_client(url: str) -> Redis:
+    """A client that retries briefly through a Redis restart instead of failing the first request."""
+    return Redis.from_url(
+        url, health_check_interval=30, socket_connect_timeout=2, socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+def _on_control(hub: Hub) -> Callable[[dict[str, str]], None]:
+    def handle(message: dict[str, str]) -> None:
+        if "close_user" in message:
+            hub.close_user(uuid.UUID(message["close_user"]), message.get("reason", "deactivated"))
+
+    return handle
+
+
+async def _every(seconds: float, job: Callable[[], Any]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception as exc:  # a missed refresh is retried on the next round
+            log.warning("periodic %s failed: %s", getattr(job, "__name__", job), exc)
+
+
+def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
+    """A Litestar lifespan bound to this process's settings and engine."""
+
+    @asynccontextmanager
+    async def run(app: Litestar) -> AsyncIterator[None]:
+        if settings.redis_url is None:
+            raise RuntimeError("REDIS_URL is not set: run `bookwire up` for an embedded Redis, or set REDIS_URL.")
+        await open_engine(engine)
+        redis = redis_client(settings.redis_url)
+        hub = Hub(settings.sse_queue_size, settings.sse_heartbeat_seconds, app.state.metrics.latency)
+        bus = EventBus(redis, settings.stream_retention)
+        presence = Presence(redis, hub)
+        jobs = JobQueue(SyncRedis.from_url(settings.redis_url, socket_connect_timeout=2))
+        effects = Effects(bus, jobs, settings)
+        app.state.update(redis=redis, hub=hub, bus=bus, presence=presence, effects=effects)
+        ready = asyncio.Event()
+        tasks = [
+            asyncio.create_task(bus.follow(hub.dispatch, _on_control(hub), ready), name="bus-follow"),
+            asyncio.create_task(hub.run_ticker(), name="hub-ticker"),
+            asyncio.create_task(_every(REFRESH_SECONDS, presence.publish_counts), name="presence"),
+        ]
+        try:
+            await asyncio.wait_for(ready.wait(), timeout=10)
+            if settings.admin_email and settings.admin_password:
+                with contextlib.suppress(Conflict):  # another API process bootstrapped it at the same moment
+                    await ensure_admin(settings.admin_email, settings.admin_password)
+            yield
+        finally:
+            hub.close_all("shutdown")
+            await asyncio.sleep(0)  # let writers send their `stream.closing`
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await presence.forget()
+            await redis.aclose()
+            jobs.connection.close()
+            await close_engine(engine)
+
+    return run

@@ -1,0 +1,1 @@
+"""The in-app inbox: notifications persisted per user, each announced as `notification.created`."""

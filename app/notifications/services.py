@@ -1,0 +1,84 @@
+"""Creating, listing and reading notifications. Creation also publishes `notification.created`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from app.db.tables import Notification
+from app.errors import NotFound
+from app.notifications.schemas import NotificationRead, UnreadCount
+from app.pagination import keyset_page
+from app.realtime.bus import EventBus
+from app.realtime.events import user_channel
+from app.security import AuthUser
+
+log = logging.getLogger(__name__)
+
+
+def to_notification_read(row: dict[str, Any]) -> NotificationRead:
+    data = row["data"]
+    raw = msgspec.Raw(data.encode() if isinstance(data, str) else msgspec.json.encode(data))
+    return NotificationRead(id=row["id"], type=row["type"], title=row["title"], body=row["body"], data=raw,
+                            created_at=row["created_at"], read_at=row["read_at"])
+
+
+async def notify(bus: EventBus, user_ids: list[uuid.UUID], kind: str, title: str, body: str, data: Any) -> None:
+    """Store one notification per recipient and announce each on the recipient's own channel."""
+    now = datetime.now(UTC)
+    payload = msgspec.json.encode(data).decode()
+    rows: list[dict[str, Any]] = [
+        {"id": uuid.uuid4(), "user_id": user_id, "type": kind, "title": title[:200], "body": body,
+         "data": payload, "created_at": now, "read_at": None}
+        for user_id in dict.fromkeys(user_ids)
+    ]
+    if not rows:
+        return
+    await Notification.insert(*(Notification(**row) for row in rows))
+    for row in rows:
+        try:
+            await bus.publish("notification.created", [user_channel(row["user_id"])], to_notification_read(row))
+        except Exception:  # the inbox row is stored; a client that missed the event sees it on refetch
+            log.exception("could not publish notification.created for %s", row["user_id"])
+
+
+async def list_notifications(
+    user: AuthUser, unread: bool | None, limit: int, cursor: str | None
+) -> tuple[list[NotificationRead], str | None]:
+    """The caller's notifications, newest first."""
+    query = Notification.select().where(Notification.user_id == user.id)
+    if unread is True:
+        query = query.where(Notification.read_at.is_null())
+    elif unread is False:
+        query = query.where(Notification.read_at.is_not_null())
+    rows, next_cursor = await keyset_page(query, Notification, limit, cursor, newest_first=True)
+    return [to_notification_read(r) for r in rows], next_cursor
+
+
+async def unread_count(user: AuthUser) -> UnreadCount:
+    count = await Notification.count().where(Notification.user_id == user.id, Notification.read_at.is_null())
+    return UnreadCount(unread=count)
+
+
+async def mark_read(user: AuthUser, notification_id: uuid.UUID) -> NotificationRead:
+    """Mark one of the caller's notifications read (again is harmless: the first read time stays)."""
+    await Notification.update({Notification.read_at: datetime.now(UTC)}).where(
+        Notification.id == notification_id, Notification.user_id == user.id, Notification.read_at.is_null()
+    )
+    row = await Notification.select().where(
+        Notification.id == notification_id, Notification.user_id == user.id
+    ).first()
+    if row is None:
+        raise NotFound("No notification with this id.")
+    return to_notification_read(row)
+
+
+async def mark_all_read(user: AuthUser) -> UnreadCount:
+    await Notification.update({Notification.read_at: datetime.now(UTC)}).where(
+        Notification.user_id == user.id, Notification.read_at.is_null()
+    )
+    return UnreadCount(unread=0)

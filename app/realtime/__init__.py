@@ -1,0 +1,1 @@
+"""Real-time delivery: the event bus, the in-process hub, SSE and long-poll."""

@@ -1,0 +1,50 @@
+"""HTTP endpoints for long-poll and for integrators publishing custom events."""
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from app.errors import PermissionDenied, Unprocessable
+from app.realtime import poll as long_poll
+from app.realtime.access import connection_channels, event_principal
+from app.realtime.events import is_channel
+from app.realtime.schemas import EventPublish, PollResult, PublishResult
+from app.security import bearer_token, is_service_token, user_from_claims
+
+RESERVED_PREFIXES = ("booking.", "resource.", "notification.", "reminder.", "stream.", "system.", "announcement")
+
+
+class EventController(Controller):
+    path = "/v1/events"
+    tags = ["events"]
+
+    @get("/poll", operation_id="pollEvents")
+    async def poll(
+        self, request: Request, cursor: Annotated[str | None, Parameter(max_length=40)] = None,
+        timeout: Annotated[int, Parameter(ge=0, le=60)] = 25,
+        topics: Annotated[str | None, Parameter(max_length=5000)] = None,
+        access_token: Annotated[str | None, Parameter(description="a stream token")] = None,
+    ) -> PollResult:
+        state: Any = request.app.state
+        principal = await event_principal(state.tokens, request.headers.get("authorization"), access_token)
+        channels = await connection_channels(principal.user, topics)
+        await state.presence.seen(principal.user.id, principal.user.role)
+        return await long_poll.poll(state.bus, state.hub, state.presence, principal.user, channels, cursor, timeout)
+
+    @post("/", operation_id="publishEvent", status_code=202)
+    async def publish(self, request: Request, data: EventPublish) -> Response[PublishResult]:
+        state: Any = request.app.state
+        claims = state.tokens.decode(bearer_token(request))
+        if not is_service_token(claims):
+            if not (await user_from_claims(claims)).is_admin:
+                raise PermissionDenied("Only admins and service tokens with the events:publish scope may publish.")
+        if data.type.startswith(RESERVED_PREFIXES):
+            raise Unprocessable.field("type", f"must not start with a reserved prefix ({', '.join(RESERVED_PREFIXES)})")
+        for index, channel in enumerate(data.channels):
+            if not is_channel(channel):
+                raise Unprocessable.field(
+                    f"channels.{index}", "must be broadcast, role:<role>, user:<id> or resource:<id>"
+                )
+        event_id, deduplicated = await state.bus.publish(data.type, data.channels, data.data, data.dedup_key)
+        return Response(PublishResult(event_id, deduplicated), status_code=200 if deduplicated else 202)

@@ -1,0 +1,192 @@
+"""The in-process hub: which open connection reads which channel, and handing events to them.
+
+The bus feeds each event once per process; `dispatch` finds the connections whose channels match
+(each connection once, on the first matching channel of the event) and appends the SSE frame to
+their bounded buffer. Nothing here waits: a connection that stops reading is closed once its
+buffer holds more than `queue_size` events, and never slows the others or the publisher.
+
+A single ticker per process (not a timer per connection) sends heartbeats and ends connections at
+their deadline (token expiry, max age), so 10,000 idle streams cost one loop a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+from prometheus_client import Histogram
+
+from app.realtime.events import Event
+
+HEARTBEAT_FRAME = b": ping\n\n"
+TICK_SECONDS = 1.0
+
+
+class Subscriber:
+    """One open connection (SSE stream or held long-poll) and what is waiting to be written to it."""
+
+    __slots__ = (
+        "__weakref__",
+        "_waiter",
+        "channels",
+        "closing",
+        "deadline",
+        "deadline_reason",
+        "frames",
+        "gone",
+        "role",
+        "task",
+        "transport",
+        "user_id",
+        "wrote",
+    )
+
+    def __init__(self, user_id: uuid.UUID, role: str, channels: list[str], transport: str) -> None:
+        self.channels = channels
+        self.user_id = user_id
+        self.role = role
+        self.transport = transport
+        # A list, not a deque: an empty deque costs ~600 bytes, and the writer takes all at once.
+        self.frames: list[tuple[str | None, bytes]] = []
+        self.closing: str | None = None  # why the server ends this connection ("" for no message)
+        self.deadline: float | None = None
+        self.deadline_reason = ""
+        self.wrote = True  # something was written since the last heartbeat round
+        self.task: asyncio.Task[object] | None = None
+        self.gone: Callable[[], bool] | None = None  # "has the client left?", checked by the ticker
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, event_id: str | None, frame: bytes) -> None:
+        self.frames.append((event_id, frame))
+        self.wake()
+
+    def close(self, reason: str) -> None:
+        """Ask the connection to end, telling the client `reason` (empty: it is already gone)."""
+        if self.closing is None:
+            self.closing = reason
+            self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something is pushed or the connection is asked to close."""
+        if self.frames or self.closing is not None:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
+class Hub:
+    """Every connection open in this process, indexed by channel and by user."""
+
+    def __init__(self, queue_size: int, heartbeat_seconds: float, latency: Histogram | None = None) -> None:
+        self.queue_size = queue_size
+        self.heartbeat_seconds = heartbeat_seconds
+        self.latency = latency
+        self._next_heartbeat_round = time.monotonic() + heartbeat_seconds
+        self._by_channel: dict[str, set[Subscriber]] = {}
+        self._by_user: dict[uuid.UUID, set[Subscriber]] = {}
+        self.delivered = 0
+        self.overflowed = 0
+
+    def __len__(self) -> int:
+        return sum(len(subs) for subs in self._by_user.values())
+
+    def add(self, sub: Subscriber) -> None:
+        for channel in sub.channels:
+            self._by_channel.setdefault(channel, set()).add(sub)
+        self._by_user.setdefault(sub.user_id, set()).add(sub)
+
+    def remove(self, sub: Subscriber) -> None:
+        for channel in sub.channels:
+            subs = self._by_channel.get(channel)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_channel[channel]
+        subs = self._by_user.get(sub.user_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_user[sub.user_id]
+
+    def count(self, transport: str) -> int:
+        return sum(1 for subs in self._by_user.values() for s in subs if s.transport == transport)
+
+    def users_online(self) -> dict[str, set[uuid.UUID]]:
+        """User ids with at least one open connection here, by role."""
+        online: dict[str, set[uuid.UUID]] = {}
+        for user_id, subs in self._by_user.items():
+            for sub in subs:
+                online.setdefault(sub.role, set()).add(user_id)
+        return online
+
+    def dispatch(self, event: Event) -> None:
+        """Hand `event` to every matching connection, once each, as seen on its first matching channel."""
+        if self.latency is not None:  # once per event, not per connection: publish (Redis clock) -> hand-off
+            self.latency.observe(max(time.time() - int(event.id.partition("-")[0]) / 1000, 0.0))
+        single = len(event.channels) == 1
+        seen: set[Subscriber] = set()
+        for channel in event.channels:
+            subs = self._by_channel.get(channel)
+            if not subs:
+                continue
+            frame = event.sse_frame(channel)
+            for sub in list(subs):
+                if not single:
+                    if sub in seen:
+                        continue
+                    seen.add(sub)
+                if len(sub.frames) >= self.queue_size:
+                    self._overflow(sub)
+                    continue
+                sub.push(event.id, frame)
+                self.delivered += 1
+
+    def _overflow(self, sub: Subscriber) -> None:
+        """Too far behind: drop it (it reconnects and replays) rather than buffer without bound."""
+        self.overflowed += 1
+        self.remove(sub)
+        sub.frames.clear()
+        sub.close("")
+        if sub.task is not None:
+            sub.task.cancel()  # its writer may be stuck waiting for the socket to drain
+
+    def close_user(self, user_id: uuid.UUID, reason: str) -> None:
+        for sub in list(self._by_user.get(user_id, ())):
+            sub.close(reason)
+
+    def close_all(self, reason: str) -> None:
+        for subs in list(self._by_user.values()):
+            for sub in list(subs):
+                sub.close(reason)
+
+    def tick(self, now: float) -> None:
+        """Close departed and expired connections; every heartbeat interval, a comment line to each
+        stream that wrote nothing during the interval (writers only flip a flag: no clock per send)."""
+        heartbeat_round = now >= self._next_heartbeat_round - TICK_SECONDS / 2
+        if heartbeat_round:
+            self._next_heartbeat_round = now + self.heartbeat_seconds
+        for subs in self._by_user.values():
+            for sub in subs:
+                if sub.gone is not None and sub.gone():
+                    sub.close("")
+                elif sub.deadline is not None and now >= sub.deadline:
+                    sub.close(sub.deadline_reason)
+                elif heartbeat_round and sub.transport == "sse":
+                    if not sub.wrote:
+                        sub.push(None, HEARTBEAT_FRAME)
+                    sub.wrote = False
+
+    async def run_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.tick(time.monotonic())

@@ -1,0 +1,186 @@
+"""`GET /v1/events/stream`: Server-Sent Events, written as a bare ASGI handler.
+
+A stream costs one coroutine (the writer) and one small task (waiting for the client to leave);
+no per-connection Redis subscription, timer or response object. The writer registers with the hub
+*before* replaying history, then drops live frames whose id it already replayed, so the seam
+between history and live events has neither a gap nor a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from litestar import Litestar
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import PROBLEM_MEDIA_TYPE, AppError, problem_response
+from app.metrics import Metrics
+from app.realtime.access import connection_channels, event_principal
+from app.realtime.bus import EventBus, id_key
+from app.realtime.events import control_envelope, control_frame
+from app.realtime.hub import Hub, Subscriber
+from app.realtime.presence import Presence
+
+STREAM_PATH = "/v1/events/stream"
+RETRY_MILLISECONDS = 3000
+REPLAY_BATCH = 500
+REPLAY_LIMIT = 10_000  # a client further behind than this is told to reset and refetch
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+async def _reset(bus: EventBus, send: Send, reason: str) -> tuple[int, int]:
+    latest = await bus.latest_id()
+    envelope = control_envelope("stream.reset", {"reason": reason, "cursor": latest}, latest)
+    await send({"type": "http.response.body", "body": control_frame(envelope), "more_body": True})
+    return id_key(latest)
+
+
+async def replay(bus: EventBus, sub: Subscriber, last_event_id: str, send: Send) -> tuple[int, int]:
+    """Send what the client missed after `last_event_id`; the id replay ended at."""
+    if not await bus.cursor_is_current(last_event_id):
+        return await _reset(bus, send, "unknown_or_expired_id")
+    channels = set(sub.channels)
+    cursor, sent = last_event_id, 0
+    while True:
+        events = await bus.read_after(sub.channels, cursor, REPLAY_BATCH)
+        if not events:
+            return id_key(cursor)
+        body = b"".join(e.sse_frame(e.first_channel(channels)) for e in events)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        cursor, sent = events[-1].id, sent + len(events)
+        sub.wrote = True
+        if sent >= REPLAY_LIMIT:
+            return await _reset(bus, send, "too_far_behind")
+
+
+async def _watch_disconnect(receive: Receive, sub: Subscriber) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    sub.close("")
+
+
+def _deadline(sub: Subscriber, token_expires_at: float | None, max_age: int) -> None:
+    """End the stream at SSE_MAX_AGE ± 10 % (spreads reconnections), or earlier when its token expires."""
+    now = time.monotonic()
+    sub.deadline, sub.deadline_reason = now + max_age * random.uniform(0.9, 1.1), "max_age"  # noqa: S311
+    if token_expires_at is not None and now + token_expires_at - time.time() < sub.deadline:
+        sub.deadline, sub.deadline_reason = now + token_expires_at - time.time(), "token_expired"
+
+
+async def write_stream(sub: Subscriber, send: Send, after: tuple[int, int] | None) -> None:
+    """Write frames as they come; end with `stream.closing` when asked to close."""
+    boundary = after
+    while True:
+        await sub.wait()
+        if sub.frames:
+            frames, sub.frames = sub.frames, []
+            if boundary is not None:  # right after a replay: drop what it already sent
+                frames = [(i, f) for i, f in frames if i is None or id_key(i) > boundary]
+                if any(i is not None for i, _ in frames):
+                    boundary = None  # live ids only grow from here on
+            if frames:
+                body = frames[0][1] if len(frames) == 1 else b"".join(f for _, f in frames)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                if len(frames) > 1 or frames[0][0] is not None:  # a lone heartbeat is not activity
+                    sub.wrote = True
+        if sub.closing is not None:
+            if sub.closing:
+                envelope = control_envelope("stream.closing", {"reason": sub.closing})
+                await send({"type": "http.response.body", "body": control_frame(envelope), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+
+
+def _disconnect_probe(receive: Receive) -> Callable[[], bool] | None:
+    """A cheap "has the client left?" check, where the server offers one.
+
+    uvicorn's `receive` is a method of its per-request cycle, whose `disconnected` flag flips when
+    the socket closes. Reading that flag from the hub's once-a-second tick replaces a task per
+    stream parked on `receive()` (a few KiB each, at 10,000 streams). Other servers get the task."""
+    cycle = getattr(receive, "__self__", None)
+    if cycle is not None and isinstance(getattr(cycle, "disconnected", None), bool):
+        return lambda: bool(cycle.disconnected)
+    return None
+
+
+async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
+    """Follow your channels as Server-Sent Events (see the module docstring and the SPEC)."""
+    state: Any = app.state
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
+    principal = await event_principal(state.tokens, headers.get("authorization"), query.get("access_token"))
+    channels = await connection_channels(principal.user, query.get("topics"))
+    last_event_id = headers.get("last-event-id") or query.get("last_event_id")
+    del headers, query  # this frame lives as long as the stream: keep only what it needs
+    hub: Hub = state.hub
+    presence: Presence = state.presence
+    sub = Subscriber(principal.user.id, principal.user.role, channels, "sse")
+    sub.task = asyncio.current_task()
+    sub.gone = _disconnect_probe(receive)
+    _deadline(sub, principal.expires_at, state.settings.sse_max_age)
+    hub.add(sub)
+    watcher = asyncio.ensure_future(_watch_disconnect(receive, sub)) if sub.gone is None else None
+    try:
+        with contextlib.suppress(Exception):  # presence is best effort; the stream is what matters
+            await presence.opened("sse", principal.user.id, principal.user.role)
+        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MILLISECONDS, "more_body": True})
+        after = await replay(state.bus, sub, last_event_id, send) if last_event_id else None
+        await write_stream(sub, send, after)
+    except asyncio.CancelledError:
+        # The hub dropped a subscriber that fell too far behind (or the server is stopping):
+        # returning closes the socket; the client reconnects with its last id and replays.
+        if sub.closing is None:
+            raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        hub.remove(sub)
+        with contextlib.suppress(Exception):
+            await presence.closed("sse")
+
+
+def with_event_stream(app: Litestar) -> ASGIApp:
+    """The ASGI app to serve: `GET /v1/events/stream` straight to `serve_stream`, the rest to Litestar.
+
+    A stream lives for minutes and receives every event through `send`; going around Litestar's
+    router and middleware (each wraps `send` in another Python call) roughly halves the cost of a
+    delivery and the memory a parked stream holds. Its errors are the same problem documents."""
+    metrics: Metrics = app.state.metrics
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != STREAM_PATH:
+            await app(scope, receive, send)
+            return
+        method = scope["method"]  # type: ignore[typeddict-item]  # an http scope has one
+        metrics.requests.labels(method, "2xx").inc()
+        if method != "GET":
+            await _send_problem(send, 405, "Method not allowed", f"{method} is not allowed on this URL.",
+                                "method-not-allowed")
+            return
+        try:
+            await serve_stream(app, scope, receive, send)
+        except AppError as exc:
+            await _send_problem(send, exc.status_code, exc.title, exc.detail, exc.slug, exc.extra)
+
+    return asgi
+
+
+async def _send_problem(send: Send, status: int, title: str, detail: str, slug: str,
+                        extra: dict[str, Any] | None = None) -> None:
+    """Refuse a stream before it starts, with the same problem document the rest of the API sends."""
+    response = problem_response(status, title, detail, slug, extra)
+    body = response.content if isinstance(response.content, bytes) else b""
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

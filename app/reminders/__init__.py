@@ -1,0 +1,1 @@
+"""Reminders before confirmed bookings, and response deadlines of pending ones."""

@@ -1,0 +1,1 @@
+"""Bookable resources and their availability."""

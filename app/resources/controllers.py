@@ -1,0 +1,61 @@
+"""HTTP endpoints for resources and their availability."""
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from app.bookings import services as bookings
+from app.idempotency import IdempotencyKey, run_once
+from app.pagination import DEFAULT_LIMIT, Limit, Page
+from app.realtime.bus import EventBus, provide_bus
+from app.resources import services
+from app.resources.schemas import Availability, ResourceCreate, ResourceRead, ResourceUpdate
+from app.security import AuthUser, current_user
+
+
+class ResourceController(Controller):
+    path = "/v1/resources"
+    tags = ["resources"]
+    dependencies = {"user": Provide(current_user), "bus": Provide(provide_bus)}
+
+    @post("/", operation_id="createResource", status_code=201)
+    async def create_resource(
+        self, user: AuthUser, bus: EventBus, data: ResourceCreate, request: Request,
+        idempotency_key: IdempotencyKey = None,
+    ) -> ResourceRead:
+        return await run_once(request.app.state.redis, user.id, idempotency_key, "createResource", data,
+                              lambda: services.create_resource(user, data, bus), ResourceRead)
+
+    @get("/", operation_id="listResources")
+    async def list_resources(
+        self, user: AuthUser, owner_id: uuid.UUID | None = None,
+        kind: Annotated[str | None, Parameter(max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")] = None,
+        limit: Limit = DEFAULT_LIMIT, cursor: str | None = None,
+    ) -> Page[ResourceRead]:
+        items, next_cursor = await services.list_resources(user, owner_id, kind, limit, cursor)
+        return Page(items=items, next_cursor=next_cursor)
+
+    @get("/{resource_id:uuid}", operation_id="getResource")
+    async def get_resource(self, user: AuthUser, resource_id: uuid.UUID) -> ResourceRead:
+        return await services.get_resource(user, resource_id)
+
+    @patch("/{resource_id:uuid}", operation_id="updateResource")
+    async def update_resource(
+        self, user: AuthUser, bus: EventBus, resource_id: uuid.UUID, data: ResourceUpdate
+    ) -> ResourceRead:
+        return await services.update_resource(user, resource_id, data, bus)
+
+    @delete("/{resource_id:uuid}", operation_id="deleteResource")
+    async def delete_resource(self, user: AuthUser, bus: EventBus, resource_id: uuid.UUID) -> None:
+        await services.delete_resource(user, resource_id, bus)
+
+    @get("/{resource_id:uuid}/availability", operation_id="getAvailability")
+    async def resource_availability(
+        self, user: AuthUser, resource_id: uuid.UUID,
+        from_: Annotated[datetime, Parameter(query="from")], to: datetime,
+    ) -> Availability:
+        return await bookings.availability(user, resource_id, from_, to)

@@ -1,0 +1,1 @@
+"""Background processes: RQ workers and the rq-scheduler that feeds them."""

@@ -1,0 +1,215 @@
+"""The job functions. Arguments are primitive (ids as strings); every job is idempotent, so running
+it twice — a retry, two workers, a sweep re-enqueueing it — changes nothing the second time.
+
+- send_email(delivery_id): claim the delivery, render, send, record; retry with backoff.
+- fire_reminder(reminder_id): at most once, only for a still-confirmed booking.
+- expire_booking(booking_id): a pending booking past its response deadline becomes expired.
+- sweep(): re-enqueue work whose job went missing (a killed worker, a Redis that lost its schedule).
+- cleanup(): trim event history past retention, delete old fired reminders and read notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from app.bookings import services as bookings
+from app.db.tables import Booking, EmailDelivery, Notification, Reminder, Resource
+from app.effects import Effects
+from app.email.services import booking_context, booking_people, effective_template, queue_email
+from app.errors import Conflict
+from app.metrics import STATS_KEY
+from app.notifications.services import notify
+from app.realtime.bus import CHANNEL_STREAM_PATTERN, GLOBAL_STREAM
+from app.realtime.events import role_channel, user_channel
+from app.reminders.services import to_reminder_read
+from workers import context
+from workers.email import TemplateProblem, build_message, deliver, render
+from workers.queues import EMAIL_QUEUE, email_job_id, expiry_job_id, reminder_job_id
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_SECONDS = 10
+CLEANUP_INTERVAL_SECONDS = 3600
+KEEP_DAYS = 30
+
+
+def _count(name: str) -> None:
+    context.current().jobs.connection.hincrby(STATS_KEY, name, 1)
+
+
+def _human(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in ((hours, "hour"), (minutes, "minute"),
+                                                                    (secs, "second")) if n]
+    return " ".join(parts) or "0 seconds"
+
+
+async def send_email(delivery_id: str) -> None:
+    """Send one delivery, exactly once as far as Bookwire can tell (see `_claim`)."""
+    ctx = context.current()
+    settings = ctx.settings
+    row = await _claim(uuid.UUID(delivery_id), settings.email_send_timeout)
+    if row is None:
+        return  # sent, failed for good, or being sent by someone else right now
+    try:
+        rendered = render(await effective_template(row["template_key"]), msgspec.json.decode(row["context"]))
+        deliver(settings, build_message(settings, row["to_address"], rendered, row["message_id"]), delivery_id)
+    except Exception as exc:  # SMTP refused or down, template broken since it was queued, ...
+        await _failed_attempt(row, exc)
+        return
+    now = datetime.now(UTC)
+    await EmailDelivery.update({"status": "sent", "sent_at": now, "updated_at": now, "last_error": None,
+                                "claimed_until": None}).where(EmailDelivery.id == row["id"])
+    _count("emails_sent")
+
+
+async def _claim(delivery_id: uuid.UUID, send_timeout: int) -> dict[str, Any] | None:
+    """Mark the delivery `sending` for one attempt, unless it is sent, failed, or claimed by a live
+    attempt. A claim expires after the send timeout, so a worker killed mid-send is retried — once
+    the SMTP conversation it was in can no longer complete."""
+    now = datetime.now(UTC)
+    claimable = (EmailDelivery.status == "queued") | (
+        (EmailDelivery.status == "sending") & (EmailDelivery.claimed_until < now)
+    )
+    rows = await EmailDelivery.update({
+        EmailDelivery.status: "sending", EmailDelivery.attempts: EmailDelivery.attempts + 1,
+        EmailDelivery.claimed_until: now + timedelta(seconds=send_timeout + 5), EmailDelivery.updated_at: now,
+    }).where(EmailDelivery.id == delivery_id, claimable).returning(*EmailDelivery.all_columns())
+    return rows[0] if rows else None
+
+
+async def _failed_attempt(row: dict[str, Any], exc: Exception) -> None:
+    ctx = context.current()
+    intervals = ctx.settings.email_retry_intervals
+    attempt = row["attempts"]
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    now = datetime.now(UTC)
+    give_up = attempt > len(intervals) or isinstance(exc, TemplateProblem)
+    await EmailDelivery.update({"status": "failed" if give_up else "queued", "last_error": error,
+                                "updated_at": now, "claimed_until": None}).where(EmailDelivery.id == row["id"])
+    if give_up:
+        _count("emails_failed")
+        log.error("email %s to %s failed for good after %d attempts: %s", row["id"], row["to_address"], attempt,
+                  error)
+        async with context.event_bus() as bus:
+            await bus.publish("system.alert", [role_channel("admin")], {
+                "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
+                "template_key": row["template_key"], "attempts": attempt, "error": error,
+            })
+        return
+    delay = intervals[attempt - 1]
+    log.warning("email %s attempt %d failed (%s); retrying in %d s", row["id"], attempt, error, delay)
+    ctx.jobs.schedule(now + timedelta(seconds=delay), send_email, str(row["id"]),
+                      job_id=email_job_id(row["id"], attempt + 1), queue=EMAIL_QUEUE)
+
+
+async def fire_reminder(reminder_id: str) -> None:
+    """`reminder.due` event, in-app notification and email — once, and only for a confirmed booking."""
+    ctx = context.current()
+    now = datetime.now(UTC)
+    reminder = await Reminder.select().where(Reminder.id == uuid.UUID(reminder_id)).first()
+    if reminder is None or reminder["status"] != "scheduled":
+        return
+    booking_row = await Booking.select().where(Booking.id == reminder["booking_id"]).first()
+    if booking_row is None or booking_row["status"] != "confirmed":
+        await Reminder.update({Reminder.status: "cancelled"}).where(
+            Reminder.id == reminder["id"], Reminder.status == "scheduled")
+        return
+    won = await Reminder.update({Reminder.status: "sent", Reminder.fired_at: now}).where(
+        Reminder.id == reminder["id"], Reminder.status == "scheduled"
+    ).returning(Reminder.id)
+    if not won:
+        return  # another worker fired it a moment ago
+    booking = bookings.to_booking_read(booking_row)
+    fired = to_reminder_read({**reminder, "status": "sent", "fired_at": now})
+    resource, people = await booking_people(booking)
+    role = reminder["recipient_role"]
+    starts_in = _human(int((booking.starts_at - now).total_seconds()))
+    async with context.event_bus() as bus:
+        effects = Effects(bus, ctx.jobs, ctx.settings)
+        data = {"reminder": fired, "booking": booking}
+        await bus.publish("reminder.due", [user_channel(reminder["recipient_id"])], data)
+        await notify(bus, [reminder["recipient_id"]], "reminder.due", f"Reminder: {resource['name']}",
+                     f"{resource['name']} starts in {starts_in}. Booking {booking.id}.", data)
+        email_context = booking_context(booking, resource, people, role, None, ctx.settings.app_url)
+        email_context["reminder"] = {"offset_seconds": reminder["offset_seconds"], "starts_in": starts_in}
+        await queue_email(effects, f"reminder.{role}", people[role]["email"], email_context, booking.id)
+    _count("reminders_fired")
+
+
+async def expire_booking(booking_id: str) -> None:
+    """Expire a booking still pending at its response deadline (re-checked here, under the lock)."""
+    ctx = context.current()
+    row = await Booking.select(Booking.status, Booking.created_at, Booking.resource_id).where(
+        Booking.id == uuid.UUID(booking_id)).first()
+    if row is None or row["status"] != "pending":
+        return
+    resource = await Resource.select(Resource.response_deadline_seconds).where(
+        Resource.id == row["resource_id"]).first()
+    seconds = resource["response_deadline_seconds"] if resource else None
+    if not seconds or row["created_at"] + timedelta(seconds=seconds) > datetime.now(UTC) + timedelta(seconds=1):
+        return  # no deadline any more, or not yet (the sweep comes back)
+    async with context.event_bus() as bus:
+        try:
+            effects = Effects(bus, ctx.jobs, ctx.settings)
+            await bookings.transition(None, uuid.UUID(booking_id), "expire", None, effects)
+        except Conflict:
+            pass  # confirmed, rejected or cancelled in the meantime
+
+
+async def sweep() -> None:
+    """Re-enqueue what is due but has no job any more; every job it touches is idempotent."""
+    ctx = context.current()
+    now = datetime.now(UTC)
+    late = now - timedelta(seconds=3)
+    for row in await Reminder.select(Reminder.id).where(Reminder.status == "scheduled", Reminder.due_at < late):
+        ctx.jobs.enqueue(fire_reminder, str(row["id"]), job_id=reminder_job_id(row["id"]) + "-sweep")
+    # A queued delivery waits at most the longest retry interval for its job; past that, the job is lost.
+    forgotten = now - timedelta(seconds=max(ctx.settings.email_retry_intervals or (0,)) + 30)
+    waiting = await EmailDelivery.select(EmailDelivery.id, EmailDelivery.attempts).where(
+        ((EmailDelivery.status == "sending") & (EmailDelivery.claimed_until < now))
+        | ((EmailDelivery.status == "queued") & (EmailDelivery.updated_at < forgotten))
+    )
+    for row in waiting:
+        ctx.jobs.enqueue(send_email, str(row["id"]), job_id=email_job_id(row["id"], row["attempts"]) + "-sweep",
+                         queue=EMAIL_QUEUE)
+    deadline: Any = Booking.resource_id.response_deadline_seconds  # a column of the joined resource
+    pending = await Booking.select(Booking.id, Booking.created_at, deadline.as_alias("deadline")).where(
+        Booking.status == "pending", deadline.is_not_null()
+    )
+    for row in pending:
+        seconds = row["deadline"]
+        if seconds and row["created_at"] + timedelta(seconds=seconds) < late:
+            ctx.jobs.enqueue(expire_booking, str(row["id"]), job_id=expiry_job_id(row["id"]) + "-sweep")
+
+
+async def cleanup() -> None:
+    """Trim event history past retention; delete fired reminders and read notifications > 30 days old."""
+    ctx = context.current()
+    cutoff = datetime.now(UTC) - timedelta(days=KEEP_DAYS)
+    await Reminder.delete().where(Reminder.status != "scheduled", Reminder.due_at < cutoff)
+    await Notification.delete().where(Notification.read_at.is_not_null(), Notification.read_at < cutoff)
+    min_id = max(int(datetime.now(UTC).timestamp() * 1000) - ctx.settings.stream_retention * 1000, 0)
+    redis = ctx.jobs.connection
+    redis.xtrim(GLOBAL_STREAM, minid=min_id, approximate=False)
+    for key in redis.scan_iter(match=CHANNEL_STREAM_PATTERN, count=1000):
+        redis.xtrim(key, minid=min_id, approximate=False)
+        if redis.xlen(key) == 0:
+            redis.delete(key)
+
+
+def install_periodic_jobs(jobs: Any) -> None:
+    """Register sweep and cleanup with rq-scheduler under fixed ids (re-registering replaces them)."""
+    scheduler = jobs.scheduler
+    for job_id, func, interval in (("bookwire-periodic-sweep", sweep, SWEEP_INTERVAL_SECONDS),
+                                   ("bookwire-periodic-cleanup", cleanup, CLEANUP_INTERVAL_SECONDS)):
+        jobs.cancel(job_id)
+        scheduler.schedule(scheduled_time=datetime.now(UTC), func=func, interval=interval, repeat=None, id=job_id,
+                           timeout=600, result_ttl=600)
+
