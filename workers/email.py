@@ -14,12 +14,12 @@ import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from app.settings import Settings
@@ -75,6 +75,12 @@ def _environment(autoescape: bool) -> SandboxedEnvironment:
     return SandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=True)
 
 
+@lru_cache(maxsize=256)
+def _compiled(source: str, autoescape: bool) -> Template:
+    """Compiling is most of a render's cost; an edited template is new source, hence a new entry."""
+    return _environment(autoescape).from_string(source)
+
+
 @cache
 def default_template(key: str) -> dict[str, str]:
     """The shipped subject, text and html of `key`."""
@@ -86,7 +92,7 @@ def render(template: dict[str, str], context: dict[str, Any]) -> Rendered:
     out: dict[str, str] = {}
     for part in PARTS:
         try:
-            out[part] = _environment(part == "html").from_string(template[part]).render(context)
+            out[part] = _compiled(template[part], part == "html").render(context)
         except TemplateError as exc:  # includes SecurityError and UndefinedError
             raise TemplateProblem(part, str(exc)) from None
     # A subject is one header line: a newline in it would let the template add headers.

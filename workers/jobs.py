@@ -2,7 +2,7 @@
 it twice — a retry, two workers, a sweep re-enqueueing it — changes nothing the second time.
 
 - send_email(delivery_id): claim the delivery, render, send, record; retry with backoff.
-- fire_reminder(reminder_id): at most once, only for a still-confirmed booking.
+- fire_due_reminders(): every reminder due by now, each at most once, only for a still-confirmed booking.
 - expire_booking(booking_id): a pending booking past its response deadline becomes expired.
 - sweep(): re-enqueue work whose job went missing (a killed worker, a Redis that lost its schedule).
 - cleanup(): trim event history past retention, delete old fired reminders and read notifications.
@@ -20,26 +20,27 @@ import msgspec
 from app.bookings import services as bookings
 from app.db.tables import Booking, EmailDelivery, Notification, Reminder, Resource
 from app.effects import Effects
-from app.email.services import booking_context, booking_people, effective_template, queue_email
+from app.email.services import NewEmail, booking_context, effective_template, parties_of, queue_emails
 from app.errors import Conflict
 from app.metrics import STATS_KEY
-from app.notifications.services import notify
+from app.notifications.services import NewNotification, notify_each
 from app.realtime.bus import CHANNEL_STREAM_PATTERN, GLOBAL_STREAM
 from app.realtime.events import role_channel, user_channel
 from app.reminders.services import to_reminder_read
 from workers import context
 from workers.email import TemplateProblem, build_message, deliver, render
-from workers.queues import EMAIL_QUEUE, email_job_id, expiry_job_id, reminder_job_id
+from workers.queues import EMAIL_QUEUE, REMINDERS_JOB_PREFIX, email_job_id, expiry_job_id
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_SECONDS = 10
 CLEANUP_INTERVAL_SECONDS = 3600
 KEEP_DAYS = 30
+REMINDER_BATCH = 100  # reminders one job claims at a time
 
 
-def _count(name: str) -> None:
-    context.current().jobs.connection.hincrby(STATS_KEY, name, 1)
+def _count(name: str, amount: int = 1) -> None:
+    context.current().jobs.connection.hincrby(STATS_KEY, name, amount)
 
 
 def _human(seconds: int) -> str:
@@ -109,38 +110,57 @@ async def _failed_attempt(row: dict[str, Any], exc: Exception) -> None:
                       job_id=email_job_id(row["id"], attempt + 1), queue=EMAIL_QUEUE)
 
 
-async def fire_reminder(reminder_id: str) -> None:
-    """`reminder.due` event, in-app notification and email — once, and only for a confirmed booking."""
+async def fire_due_reminders() -> None:
+    """Fire the reminders due by now: each a `reminder.due` event, an in-app notification and an
+    email — at most once, and only while its booking is confirmed (checked in the claiming UPDATE).
+
+    Takes REMINDER_BATCH at a time; when that many were due, it first enqueues another run, so that
+    idle workers share a burst while this one announces its batch."""
     ctx = context.current()
     now = datetime.now(UTC)
-    reminder = await Reminder.select().where(Reminder.id == uuid.UUID(reminder_id)).first()
-    if reminder is None or reminder["status"] != "scheduled":
+    due = [row["id"] for row in await Reminder.select(Reminder.id).where(
+        Reminder.status == "scheduled", Reminder.due_at <= now).order_by(Reminder.due_at).limit(REMINDER_BATCH)]
+    if not due:
         return
-    booking_row = await Booking.select().where(Booking.id == reminder["booking_id"]).first()
-    if booking_row is None or booking_row["status"] != "confirmed":
-        await Reminder.update({Reminder.status: "cancelled"}).where(
-            Reminder.id == reminder["id"], Reminder.status == "scheduled")
-        return
-    won = await Reminder.update({Reminder.status: "sent", Reminder.fired_at: now}).where(
-        Reminder.id == reminder["id"], Reminder.status == "scheduled"
-    ).returning(Reminder.id)
-    if not won:
-        return  # another worker fired it a moment ago
-    booking = bookings.to_booking_read(booking_row)
-    fired = to_reminder_read({**reminder, "status": "sent", "fired_at": now})
-    resource, people = await booking_people(booking)
-    role = reminder["recipient_role"]
-    starts_in = _human(int((booking.starts_at - now).total_seconds()))
-    async with context.event_bus() as bus:
-        effects = Effects(bus, ctx.jobs, ctx.settings)
-        data = {"reminder": fired, "booking": booking}
-        await bus.publish("reminder.due", [user_channel(reminder["recipient_id"])], data)
-        await notify(bus, [reminder["recipient_id"]], "reminder.due", f"Reminder: {resource['name']}",
-                     f"{resource['name']} starts in {starts_in}. Booking {booking.id}.", data)
+    if len(due) == REMINDER_BATCH:
+        ctx.jobs.enqueue(fire_due_reminders, job_id=f"{REMINDERS_JOB_PREFIX}-more-{uuid.uuid4()}")
+    confirmed = Booking.select(Booking.id).where(Booking.status == "confirmed")
+    await Reminder.update({Reminder.status: "cancelled"}).where(
+        Reminder.id.is_in(due), Reminder.status == "scheduled", Reminder.booking_id.not_in(confirmed))
+    fired = await Reminder.update({Reminder.status: "sent", Reminder.fired_at: now}).where(
+        Reminder.id.is_in(due), Reminder.status == "scheduled", Reminder.booking_id.is_in(confirmed)
+    ).returning(*Reminder.all_columns())  # a reminder another worker claimed a moment ago is not returned
+    if fired:
+        await _announce_reminders(fired, now)
+        _count("reminders_fired", len(fired))
+
+
+async def _announce_reminders(fired: list[dict[str, Any]], now: datetime) -> None:
+    ctx = context.current()
+    booking_rows = await Booking.select().where(Booking.id.is_in(list({r["booking_id"] for r in fired})))
+    by_id = {row["id"]: bookings.to_booking_read(row) for row in booking_rows}
+    parties = await parties_of(list(by_id.values()))
+    announced: list[tuple[str, dict[str, Any]]] = []
+    notifications: list[NewNotification] = []
+    emails: list[NewEmail] = []
+    for reminder in fired:
+        booking = by_id[reminder["booking_id"]]
+        resource, people = parties[booking.id]
+        role = reminder["recipient_role"]
+        starts_in = _human(int((booking.starts_at - now).total_seconds()))
+        data = {"reminder": to_reminder_read(reminder), "booking": booking}
+        announced.append((user_channel(reminder["recipient_id"]), data))
+        notifications.append(NewNotification(
+            reminder["recipient_id"], "reminder.due", f"Reminder: {resource['name']}",
+            f"{resource['name']} starts in {starts_in}. Booking {booking.id}.", data))
         email_context = booking_context(booking, resource, people, role, None, ctx.settings.app_url)
         email_context["reminder"] = {"offset_seconds": reminder["offset_seconds"], "starts_in": starts_in}
-        await queue_email(effects, f"reminder.{role}", people[role]["email"], email_context, booking.id)
-    _count("reminders_fired")
+        emails.append(NewEmail(f"reminder.{role}", people[role]["email"], email_context, booking.id))
+    async with context.event_bus() as bus:
+        for channel, data in announced:
+            await bus.publish("reminder.due", [channel], data)
+        await notify_each(bus, notifications)
+        await queue_emails(Effects(bus, ctx.jobs, ctx.settings), emails)
 
 
 async def expire_booking(booking_id: str) -> None:
@@ -168,8 +188,8 @@ async def sweep() -> None:
     ctx = context.current()
     now = datetime.now(UTC)
     late = now - timedelta(seconds=3)
-    for row in await Reminder.select(Reminder.id).where(Reminder.status == "scheduled", Reminder.due_at < late):
-        ctx.jobs.enqueue(fire_reminder, str(row["id"]), job_id=reminder_job_id(row["id"]) + "-sweep")
+    if await Reminder.exists().where(Reminder.status == "scheduled", Reminder.due_at < late):
+        ctx.jobs.enqueue(fire_due_reminders, job_id=f"{REMINDERS_JOB_PREFIX}-sweep")
     # A queued delivery waits at most the longest retry interval for its job; past that, the job is lost.
     forgotten = now - timedelta(seconds=max(ctx.settings.email_retry_intervals or (0,)) + 30)
     waiting = await EmailDelivery.select(EmailDelivery.id, EmailDelivery.attempts).where(

@@ -8,7 +8,7 @@ cancelling needs no bookkeeping.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,8 +26,9 @@ SCHEDULER_INTERVAL_SECONDS = 0.5
 JOB_TIMEOUT_SECONDS = 120
 
 
-def reminder_job_id(reminder_id: object) -> str:
-    return f"bookwire-reminder-{reminder_id}"
+# Reminders are not one job each: everything due in one second shares one job (see
+# app/reminders/services.py), so a burst costs one job per second instead of one per reminder.
+REMINDERS_JOB_PREFIX = "bookwire-reminders"
 
 
 def expiry_job_id(booking_id: object) -> str:
@@ -55,6 +56,12 @@ def build_scheduler(connection: Redis) -> Scheduler:
     return Scheduler(queue_name=DEFAULT_QUEUE, connection=connection, interval=SCHEDULER_INTERVAL_SECONDS)
 
 
+def _whole_second(when: datetime) -> datetime:
+    """rq-scheduler keeps whole seconds (it truncates): round up, so nothing fires early."""
+    when = when.astimezone(UTC)
+    return when.replace(microsecond=0) + timedelta(seconds=1) if when.microsecond else when
+
+
 class JobQueue:
     """Enqueue, schedule and cancel jobs (synchronous: the API calls it through a thread)."""
 
@@ -66,16 +73,33 @@ class JobQueue:
         Queue(queue, connection=self.connection).enqueue(func, *args, job_id=job_id,
                                                           job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600)
 
+    def enqueue_many(self, func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], str]],
+                     queue: str = DEFAULT_QUEUE) -> None:
+        """`enqueue` for each `(args, job_id)` in `calls`, in one Redis round trip."""
+        Queue(queue, connection=self.connection).enqueue_many([
+            Queue.prepare_data(func, args, job_id=job_id, timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600)
+            for args, job_id in calls
+        ])
+
     def schedule(self, when: datetime, func: Callable[..., Any], *args: Any, job_id: str,
                  queue: str = DEFAULT_QUEUE) -> None:
         """Run `func(*args)` at `when` (aware; rq-scheduler reads naive times as UTC, RQ as local)."""
         self.cancel(job_id)  # enqueue_at with an existing id would leave the old schedule entry behind
-        # rq-scheduler keeps whole seconds (it truncates): round up so nothing fires early.
-        when = when.astimezone(UTC)
-        if when.microsecond:
-            when = when.replace(microsecond=0) + timedelta(seconds=1)
-        self.scheduler.enqueue_at(when, func, *args, job_id=job_id, queue_name=queue,
+        self.scheduler.enqueue_at(_whole_second(when), func, *args, job_id=job_id, queue_name=queue,
                                   timeout=JOB_TIMEOUT_SECONDS, job_result_ttl=3600)
+
+    def schedule_shared(self, whens: Iterable[datetime], func: Callable[[], Any], *, prefix: str) -> None:
+        """Run `func()` at each of `whens`, one job per whole second however many ask for it.
+
+        The job id names its second, so a second already scheduled is left alone. Should the check
+        race with the scheduler moving that job to its queue, the job runs twice: `func` must be a
+        job that does whatever is due at the time it runs, so a second run finds nothing to do."""
+        scheduled_key = self.scheduler.scheduled_jobs_key
+        for when in sorted({_whole_second(w) for w in whens}):
+            job_id = f"{prefix}-{int(when.timestamp())}"
+            if self.connection.zscore(scheduled_key, job_id) is None:
+                self.scheduler.enqueue_at(when, func, job_id=job_id, queue_name=DEFAULT_QUEUE,
+                                          timeout=JOB_TIMEOUT_SECONDS, job_result_ttl=3600)
 
     def cancel(self, job_id: str) -> None:
         """Forget a scheduled job entirely (rq-scheduler's cancel leaves the job hash behind)."""

@@ -8,6 +8,7 @@ visible in `GET /v1/admin/emails`.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -71,35 +72,51 @@ def booking_context(
     }
 
 
-async def booking_people(booking: BookingRead) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+Parties = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # resource row, {"customer"|"owner": user row}
+
+
+async def booking_people(booking: BookingRead) -> Parties:
     """The resource row and the customer and owner (name, email) of a booking."""
-    resource = await Resource.select(Resource.id, Resource.name, Resource.timezone).where(
-        Resource.id == booking.resource_id
-    ).first()
-    users = await User.select(User.id, User.name, User.email).where(
-        User.id.is_in([booking.customer_id, booking.owner_id])
-    )
-    by_id = {u["id"]: u for u in users}
-    assert resource is not None
-    return resource, {"customer": by_id[booking.customer_id], "owner": by_id[booking.owner_id]}
+    return (await parties_of([booking]))[booking.id]
 
 
-async def queue_email(effects: Effects, template_key: str, to_address: str, context: dict[str, Any],
-                      booking_id: uuid.UUID | None) -> uuid.UUID:
-    """Record a delivery and hand it to a worker."""
+async def parties_of(bookings: list[BookingRead]) -> dict[uuid.UUID, Parties]:
+    """`booking_people` for many bookings in two queries."""
+    resources = {r["id"]: r for r in await Resource.select(Resource.id, Resource.name, Resource.timezone).where(
+        Resource.id.is_in(list({b.resource_id for b in bookings})))}
+    users = {u["id"]: u for u in await User.select(User.id, User.name, User.email).where(
+        User.id.is_in(list({u for b in bookings for u in (b.customer_id, b.owner_id)})))}
+    return {b.id: (resources[b.resource_id], {"customer": users[b.customer_id], "owner": users[b.owner_id]})
+            for b in bookings}
+
+
+@dataclass(frozen=True)
+class NewEmail:
+    """One message to queue: a template, its recipient and the template's variables."""
+
+    template_key: str
+    to_address: str
+    context: dict[str, Any]
+    booking_id: uuid.UUID | None
+
+
+async def queue_emails(effects: Effects, emails: list[NewEmail]) -> list[uuid.UUID]:
+    """Record the deliveries in one INSERT and hand them to workers in one Redis round trip."""
     from workers.jobs import send_email  # the job module imports the services: import at use
 
-    delivery_id = uuid.uuid4()
+    if not emails:
+        return []
     now = datetime.now(UTC)
-    await EmailDelivery.insert(EmailDelivery(
-        id=delivery_id, template_key=template_key, booking_id=booking_id, to_address=to_address,
-        context=msgspec.json.encode(context).decode(), status="queued", attempts=0, last_error=None,
+    ids = [uuid.uuid4() for _ in emails]
+    await EmailDelivery.insert(*(EmailDelivery(
+        id=delivery_id, template_key=email.template_key, booking_id=email.booking_id, to_address=email.to_address,
+        context=msgspec.json.encode(email.context).decode(), status="queued", attempts=0, last_error=None,
         message_id=new_message_id(str(delivery_id), effects.settings), claimed_until=None,
         created_at=now, updated_at=now, sent_at=None,
-    ))
-    await effects.run(effects.jobs.enqueue, send_email, str(delivery_id), job_id=email_job_id(delivery_id, 1),
+    ) for delivery_id, email in zip(ids, emails, strict=True)))
+    await effects.run(effects.jobs.enqueue_many, send_email, [((str(i),), email_job_id(i, 1)) for i in ids],
                       queue=EMAIL_QUEUE)
-    return delivery_id
+    return ids
 
 
 async def queue_booking_emails(effects: Effects, booking: BookingRead, event_type: str, reason: str | None) -> None:
@@ -108,9 +125,11 @@ async def queue_booking_emails(effects: Effects, booking: BookingRead, event_typ
     if not roles:
         return
     resource, people = await booking_people(booking)
-    for role in roles:
-        context = booking_context(booking, resource, people, role, reason, effects.settings.app_url)
-        await queue_email(effects, f"{event_type}.{role}", people[role]["email"], context, booking.id)
+    await queue_emails(effects, [
+        NewEmail(f"{event_type}.{role}", people[role]["email"],
+                 booking_context(booking, resource, people, role, reason, effects.settings.app_url), booking.id)
+        for role in roles
+    ])
 
 
 # ---- templates (admin) -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,17 +28,32 @@ def to_notification_read(row: dict[str, Any]) -> NotificationRead:
                             created_at=row["created_at"], read_at=row["read_at"])
 
 
+@dataclass(frozen=True)
+class NewNotification:
+    """One inbox item to create."""
+
+    user_id: uuid.UUID
+    kind: str
+    title: str
+    body: str
+    data: Any
+
+
 async def notify(bus: EventBus, user_ids: list[uuid.UUID], kind: str, title: str, body: str, data: Any) -> None:
     """Store one notification per recipient and announce each on the recipient's own channel."""
-    now = datetime.now(UTC)
-    payload = msgspec.json.encode(data).decode()
-    rows: list[dict[str, Any]] = [
-        {"id": uuid.uuid4(), "user_id": user_id, "type": kind, "title": title[:200], "body": body,
-         "data": payload, "created_at": now, "read_at": None}
-        for user_id in dict.fromkeys(user_ids)
-    ]
-    if not rows:
+    await notify_each(bus, [NewNotification(user_id, kind, title, body, data) for user_id in dict.fromkeys(user_ids)])
+
+
+async def notify_each(bus: EventBus, items: list[NewNotification]) -> None:
+    """Store `items` in one INSERT, then announce each on its recipient's own channel."""
+    if not items:
         return
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = [
+        {"id": uuid.uuid4(), "user_id": item.user_id, "type": item.kind, "title": item.title[:200],
+         "body": item.body, "data": msgspec.json.encode(item.data).decode(), "created_at": now, "read_at": None}
+        for item in items
+    ]
     await Notification.insert(*(Notification(**row) for row in rows))
     for row in rows:
         try:

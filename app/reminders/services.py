@@ -1,10 +1,17 @@
 """Reminders and response deadlines: planned when a booking changes, fired by workers.
 
-A reminder is a row (visible in `GET /v1/bookings/{id}/reminders`) plus an rq-scheduler job whose
-id is derived from the row's id. Firing flips the row from `scheduled` to `sent` in one conditional
-UPDATE, so however many workers and schedulers run, only one fires it; the job also re-checks
-that the booking is still confirmed. A sweep (workers.jobs.sweep) re-enqueues anything due whose
-job went missing, so a lost Redis schedule delays a reminder instead of dropping it.
+A reminder is a row (visible in `GET /v1/bookings/{id}/reminders`). rq-scheduler holds one job per
+whole second in which some reminder falls due (`workers.jobs.fire_due_reminders`, id
+`bookwire-reminders-<unix second>`): that job fires every reminder due by the time it runs, so a
+thousand reminders in ten seconds are ten jobs, not a thousand. Firing flips rows from `scheduled`
+to `sent` in one conditional UPDATE that also requires the booking to be confirmed, so however many
+workers and schedulers run, each reminder fires at most once and never for a booking that left
+`confirmed`. Dropping a reminder only marks its row: the second's job may serve others, and finds
+nothing to do for it. A sweep (workers.jobs.sweep) fires anything overdue whose job went missing,
+so a lost Redis schedule delays a reminder instead of dropping it.
+
+A response deadline is one job per booking (`bookwire-expire-<booking id>`), cancelled once the
+booking leaves `pending`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from app.bookings.schemas import BookingRead
 from app.db.tables import Reminder, Resource
 from app.effects import Effects
 from app.reminders.schemas import ReminderRead
-from workers.queues import expiry_job_id, reminder_job_id
+from workers.queues import REMINDERS_JOB_PREFIX, expiry_job_id
 
 # Changes after which a booking is confirmed with (possibly new) times: plan its reminders afresh.
 PLAN_ON = frozenset({"booking.created", "booking.confirmed", "booking.rescheduled"})
@@ -32,39 +39,31 @@ def to_reminder_read(row: dict[str, Any]) -> ReminderRead:
     return ReminderRead(**{name: row[name] for name in ReminderRead.__struct_fields__})
 
 
-async def _drop_scheduled(effects: Effects, booking_id: uuid.UUID) -> None:
-    rows = await Reminder.select(Reminder.id).where(
-        Reminder.booking_id == booking_id, Reminder.status == "scheduled"
-    )
-    await Reminder.update({Reminder.status: "cancelled"}).where(
-        Reminder.booking_id == booking_id, Reminder.status == "scheduled"
-    )
-    for row in rows:
-        await effects.run(effects.jobs.cancel, reminder_job_id(row["id"]))
-
-
 async def plan_reminders(effects: Effects, booking: BookingRead, event_type: str) -> None:
     """Schedule, move or drop the reminders of `booking` after `event_type`."""
-    from workers.jobs import fire_reminder  # the job module imports this one: import at use
+    from workers.jobs import fire_due_reminders  # the job module imports this one: import at use
 
     if event_type in DROP_ON or (event_type in PLAN_ON and booking.status == "confirmed"):
-        await _drop_scheduled(effects, booking.id)
+        await Reminder.update({Reminder.status: "cancelled"}).where(
+            Reminder.booking_id == booking.id, Reminder.status == "scheduled"
+        )
     if event_type not in PLAN_ON or booking.status != "confirmed":
         return
     now = datetime.now(UTC)
     plan = [(booking.owner_id, "owner", o) for o in effects.settings.reminder_provider_offsets]
     plan += [(booking.customer_id, "customer", o) for o in effects.settings.reminder_customer_offsets]
-    for recipient_id, role, offset in plan:
-        due_at = booking.starts_at - timedelta(seconds=offset)
-        if due_at <= now:
-            continue  # that moment has passed: skip it
-        reminder_id = uuid.uuid4()
-        await Reminder.insert(Reminder(
-            id=reminder_id, booking_id=booking.id, recipient_id=recipient_id, recipient_role=role,
-            offset_seconds=offset, due_at=due_at, status="scheduled", fired_at=None, created_at=now,
-        ))
-        await effects.run(effects.jobs.schedule, due_at, fire_reminder, str(reminder_id),
-                          job_id=reminder_job_id(reminder_id))
+    due = [(recipient_id, role, offset, booking.starts_at - timedelta(seconds=offset))
+           for recipient_id, role, offset in plan]
+    due = [entry for entry in due if entry[3] > now]  # a moment already past is skipped
+    if not due:
+        return
+    await Reminder.insert(*(
+        Reminder(id=uuid.uuid4(), booking_id=booking.id, recipient_id=recipient_id, recipient_role=role,
+                 offset_seconds=offset, due_at=due_at, status="scheduled", fired_at=None, created_at=now)
+        for recipient_id, role, offset, due_at in due
+    ))
+    await effects.run(effects.jobs.schedule_shared, [entry[3] for entry in due], fire_due_reminders,
+                      prefix=REMINDERS_JOB_PREFIX)
 
 
 async def plan_deadline(effects: Effects, booking: BookingRead, event_type: str) -> None:
