@@ -152,10 +152,20 @@ def system_cpu_seconds(pid: int | None) -> float | None:
 
 
 def other_benchmarks() -> list[str]:
-    """Command lines of other `bench/*.py` processes on this machine (they would skew the figures)."""
+    """Command lines of other `bench/*.py` processes on this machine (they would skew the figures);
+    this process and its ancestors (e.g. a `timeout` wrapping it) do not count."""
     found = []
+    mine = {0, os.getpid()}
+    pid = os.getppid()
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         try:
             args = Path(entry.path, "cmdline").read_bytes().split(b"\0")
