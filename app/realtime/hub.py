@@ -5,19 +5,25 @@ The bus feeds each event once per process; `dispatch` finds the connections whos
 their bounded buffer. Nothing here waits: a connection that stops reading is closed once its
 buffer holds more than `queue_size` events, and never slows the others or the publisher.
 
+A frame for a stream whose writer is idle (parked, nothing queued) is written to its socket at
+once when uvicorn serves it (app/realtime/connection.py): no task wake-up per delivery.
+
 A single ticker per process (not a timer per connection) sends heartbeats and ends connections at
-their deadline (token expiry, max age), so 10,000 idle streams cost one loop a second.
+their deadline (token expiry, max age), so 10,000 idle streams cost one loop a second. Each stream
+belongs to one of the heartbeat interval's one-second buckets, so heartbeats go out a bucket per
+second instead of all in one tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
-from collections.abc import Callable
 
 from prometheus_client import Histogram
 
+from app.realtime.connection import ServerCycle, write_now
 from app.realtime.events import Event
 
 HEARTBEAT_FRAME = b": ping\n\n"
@@ -30,12 +36,14 @@ class Subscriber:
     __slots__ = (
         "__weakref__",
         "_waiter",
+        "beat",
         "channels",
         "closing",
+        "cycle",
         "deadline",
         "deadline_reason",
         "frames",
-        "gone",
+        "idle",
         "role",
         "task",
         "transport",
@@ -43,7 +51,8 @@ class Subscriber:
         "wrote",
     )
 
-    def __init__(self, user_id: uuid.UUID, role: str, channels: list[str], transport: str) -> None:
+    def __init__(self, user_id: uuid.UUID, role: str, channels: list[str], transport: str,
+                 cycle: ServerCycle | None = None) -> None:
         self.channels = channels
         self.user_id = user_id
         self.role = role
@@ -55,10 +64,19 @@ class Subscriber:
         self.deadline_reason = ""
         self.wrote = True  # something was written since the last heartbeat round
         self.task: asyncio.Task[object] | None = None
-        self.gone: Callable[[], bool] | None = None  # "has the client left?", checked by the ticker
+        # uvicorn's cycle of this request: "has the client left?" for the ticker, direct writes.
+        self.cycle = cycle
+        self.idle = False  # the writer waits with nothing in flight, so a frame may go past it
+        self.beat = 0  # heartbeat bucket
         self._waiter: asyncio.Future[None] | None = None
 
     def push(self, event_id: str | None, frame: bytes) -> None:
+        # Straight to the socket only while nothing is queued (order) and the writer is parked
+        # (it may be replaying history, or between taking frames and sending them).
+        if self.idle and not self.frames and self.cycle is not None and write_now(self.cycle, frame):
+            if event_id is not None:
+                self.wrote = True
+            return
         self.frames.append((event_id, frame))
         self.wake()
 
@@ -73,15 +91,18 @@ class Subscriber:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self) -> None:
-        """Until something is pushed or the connection is asked to close."""
+    async def wait(self, idle: bool = False) -> None:
+        """Until something is pushed or the connection is asked to close. `idle`: the writer has
+        nothing in flight and no replay seam to guard, so pushes may write to the socket meanwhile."""
         if self.frames or self.closing is not None:
             return
         self._waiter = asyncio.get_running_loop().create_future()
+        self.idle = idle
         try:
             await self._waiter
         finally:
             self._waiter = None
+            self.idle = False
 
 
 class Hub:
@@ -91,7 +112,9 @@ class Hub:
         self.queue_size = queue_size
         self.heartbeat_seconds = heartbeat_seconds
         self.latency = latency
-        self._next_heartbeat_round = time.monotonic() + heartbeat_seconds
+        self._buckets = max(round(heartbeat_seconds / TICK_SECONDS), 1)
+        self._next_bucket = itertools.cycle(range(self._buckets))  # spreads new streams evenly
+        self._ticks = 0
         self._by_channel: dict[str, set[Subscriber]] = {}
         self._by_user: dict[uuid.UUID, set[Subscriber]] = {}
         self.delivered = 0
@@ -101,6 +124,7 @@ class Hub:
         return sum(len(subs) for subs in self._by_user.values())
 
     def add(self, sub: Subscriber) -> None:
+        sub.beat = next(self._next_bucket)
         for channel in sub.channels:
             self._by_channel.setdefault(channel, set()).add(sub)
         self._by_user.setdefault(sub.user_id, set()).add(sub)
@@ -170,18 +194,18 @@ class Hub:
                 sub.close(reason)
 
     def tick(self, now: float) -> None:
-        """Close departed and expired connections; every heartbeat interval, a comment line to each
-        stream that wrote nothing during the interval (writers only flip a flag: no clock per send)."""
-        heartbeat_round = now >= self._next_heartbeat_round - TICK_SECONDS / 2
-        if heartbeat_round:
-            self._next_heartbeat_round = now + self.heartbeat_seconds
+        """Close departed and expired connections; a comment line to each stream of this second's
+        heartbeat bucket that wrote nothing during its last heartbeat interval (writers only flip a
+        flag: no clock per send)."""
+        bucket = self._ticks % self._buckets
+        self._ticks += 1
         for subs in self._by_user.values():
             for sub in subs:
-                if sub.gone is not None and sub.gone():
+                if sub.cycle is not None and sub.cycle.disconnected:
                     sub.close("")
                 elif sub.deadline is not None and now >= sub.deadline:
                     sub.close(sub.deadline_reason)
-                elif heartbeat_round and sub.transport == "sse":
+                elif sub.beat == bucket and sub.transport == "sse":
                     if not sub.wrote:
                         sub.push(None, HEARTBEAT_FRAME)
                     sub.wrote = False

@@ -1,9 +1,10 @@
 """`GET /v1/events/stream`: Server-Sent Events, written as a bare ASGI handler.
 
-A stream costs one coroutine (the writer) and one small task (waiting for the client to leave);
-no per-connection Redis subscription, timer or response object. The writer registers with the hub
-*before* replaying history, then drops live frames whose id it already replayed, so the seam
-between history and live events has neither a gap nor a duplicate.
+A stream costs one coroutine (the writer) and, under servers other than uvicorn, one small task
+waiting for the client to leave; no per-connection Redis subscription, timer or response object.
+The writer registers with the hub *before* replaying history, then drops live frames whose id it
+already replayed, so the seam between history and live events has neither a gap nor a duplicate.
+Once past that seam and parked, the hub may write frames to the socket past it (see hub.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,6 +23,7 @@ from app.errors import PROBLEM_MEDIA_TYPE, AppError, problem_response
 from app.metrics import Metrics
 from app.realtime.access import connection_channels, event_principal
 from app.realtime.bus import EventBus, id_key
+from app.realtime.connection import server_cycle
 from app.realtime.events import control_envelope, control_frame
 from app.realtime.hub import Hub, Subscriber
 from app.realtime.presence import Presence
@@ -81,7 +82,7 @@ async def write_stream(sub: Subscriber, send: Send, after: tuple[int, int] | Non
     """Write frames as they come; end with `stream.closing` when asked to close."""
     boundary = after
     while True:
-        await sub.wait()
+        await sub.wait(idle=boundary is None)
         if sub.frames:
             frames, sub.frames = sub.frames, []
             if boundary is not None:  # right after a replay: drop what it already sent
@@ -101,18 +102,6 @@ async def write_stream(sub: Subscriber, send: Send, after: tuple[int, int] | Non
             return
 
 
-def _disconnect_probe(receive: Receive) -> Callable[[], bool] | None:
-    """A cheap "has the client left?" check, where the server offers one.
-
-    uvicorn's `receive` is a method of its per-request cycle, whose `disconnected` flag flips when
-    the socket closes. Reading that flag from the hub's once-a-second tick replaces a task per
-    stream parked on `receive()` (a few KiB each, at 10,000 streams). Other servers get the task."""
-    cycle = getattr(receive, "__self__", None)
-    if cycle is not None and isinstance(getattr(cycle, "disconnected", None), bool):
-        return lambda: bool(cycle.disconnected)
-    return None
-
-
 async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send) -> None:
     """Follow your channels as Server-Sent Events (see the module docstring and the SPEC)."""
     state: Any = app.state
@@ -124,12 +113,11 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
     del headers, query  # this frame lives as long as the stream: keep only what it needs
     hub: Hub = state.hub
     presence: Presence = state.presence
-    sub = Subscriber(principal.user.id, principal.user.role, channels, "sse")
+    sub = Subscriber(principal.user.id, principal.user.role, channels, "sse", server_cycle(receive))
     sub.task = asyncio.current_task()
-    sub.gone = _disconnect_probe(receive)
     _deadline(sub, principal.expires_at, state.settings.sse_max_age)
     hub.add(sub)
-    watcher = asyncio.ensure_future(_watch_disconnect(receive, sub)) if sub.gone is None else None
+    watcher = asyncio.ensure_future(_watch_disconnect(receive, sub)) if sub.cycle is None else None
     try:
         with contextlib.suppress(Exception):  # presence is best effort; the stream is what matters
             await presence.opened("sse", principal.user.id, principal.user.role)
