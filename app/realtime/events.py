@@ -28,8 +28,11 @@ def user_channel(user_id: uuid.UUID | str) -> str:
     return f"user:{user_id}"
 
 
+_ROLE_CHANNELS = {role: f"role:{role}" for role in ROLES}  # one string, not one per connection
+
+
 def role_channel(role: str) -> str:
-    return f"role:{role}"
+    return _ROLE_CHANNELS.get(role) or f"role:{role}"
 
 
 def resource_channel(resource_id: uuid.UUID | str) -> str:

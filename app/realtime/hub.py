@@ -24,7 +24,7 @@ import uuid
 from prometheus_client import Histogram
 
 from app.realtime.connection import ServerCycle, write_now
-from app.realtime.events import Event
+from app.realtime.events import Event, user_channel
 
 HEARTBEAT_FRAME = b": ping\n\n"
 TICK_SECONDS = 1.0
@@ -88,25 +88,30 @@ class Subscriber:
 
     def wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter, self.idle = None, False
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def wait(self, idle: bool = False) -> None:
-        """Until something is pushed or the connection is asked to close. `idle`: the writer has
-        nothing in flight and no replay seam to guard, so pushes may write to the socket meanwhile."""
+    def wait(self, idle: bool = False) -> asyncio.Future[None]:
+        """Done once something is pushed or the connection is asked to close. `idle`: the writer has
+        nothing in flight and no replay seam to guard, so pushes may write to the socket meanwhile.
+        (A future rather than a coroutine: a parked stream then holds no coroutine frame for it.)"""
+        waiter = asyncio.get_running_loop().create_future()
         if self.frames or self.closing is not None:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        self.idle = idle
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-            self.idle = False
+            waiter.set_result(None)
+        else:
+            self._waiter, self.idle = waiter, idle
+        return waiter
 
 
 class Hub:
-    """Every connection open in this process, indexed by channel and by user."""
+    """Every connection open in this process, indexed by channel and by user.
+
+    A connection's first channel is its user's own (`user:<id>`, see access.connection_channels):
+    it is found through `_by_user`, keyed by that channel's name, and only its other channels go
+    into `_by_channel`. At 10,000 streams of 10,000 users that saves a set per stream; a user's
+    few connections sit in a list."""
 
     def __init__(self, queue_size: int, heartbeat_seconds: float, latency: Histogram | None = None) -> None:
         self.queue_size = queue_size
@@ -116,7 +121,7 @@ class Hub:
         self._next_bucket = itertools.cycle(range(self._buckets))  # spreads new streams evenly
         self._ticks = 0
         self._by_channel: dict[str, set[Subscriber]] = {}
-        self._by_user: dict[uuid.UUID, set[Subscriber]] = {}
+        self._by_user: dict[str, list[Subscriber]] = {}  # by the user's own channel name
         self.delivered = 0
         self.overflowed = 0
 
@@ -125,32 +130,35 @@ class Hub:
 
     def add(self, sub: Subscriber) -> None:
         sub.beat = next(self._next_bucket)
-        for channel in sub.channels:
+        own, *others = sub.channels
+        assert own == user_channel(sub.user_id), "a connection's first channel is its user's own"
+        self._by_user.setdefault(own, []).append(sub)
+        for channel in others:
             self._by_channel.setdefault(channel, set()).add(sub)
-        self._by_user.setdefault(sub.user_id, set()).add(sub)
 
     def remove(self, sub: Subscriber) -> None:
-        for channel in sub.channels:
-            subs = self._by_channel.get(channel)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._by_channel[channel]
-        subs = self._by_user.get(sub.user_id)
-        if subs is not None:
-            subs.discard(sub)
+        own, *others = sub.channels
+        subs = self._by_user.get(own)
+        if subs is not None and sub in subs:
+            subs.remove(sub)
             if not subs:
-                del self._by_user[sub.user_id]
+                del self._by_user[own]
+        for channel in others:
+            asked = self._by_channel.get(channel)
+            if asked is not None:
+                asked.discard(sub)
+                if not asked:
+                    del self._by_channel[channel]
 
     def count(self, transport: str) -> int:
         return sum(1 for subs in self._by_user.values() for s in subs if s.transport == transport)
 
-    def users_online(self) -> dict[str, set[uuid.UUID]]:
-        """User ids with at least one open connection here, by role."""
-        online: dict[str, set[uuid.UUID]] = {}
-        for user_id, subs in self._by_user.items():
+    def users_online(self) -> dict[str, set[str]]:
+        """Ids (text) of the users with at least one open connection here, by role."""
+        online: dict[str, set[str]] = {}
+        for own, subs in self._by_user.items():
             for sub in subs:
-                online.setdefault(sub.role, set()).add(user_id)
+                online.setdefault(sub.role, set()).add(own.removeprefix("user:"))
         return online
 
     def dispatch(self, event: Event) -> None:
@@ -160,11 +168,13 @@ class Hub:
         single = len(event.channels) == 1
         seen: set[Subscriber] = set()
         for channel in event.channels:
-            subs = self._by_channel.get(channel)
-            if not subs:
+            own = self._by_user.get(channel)
+            asked = self._by_channel.get(channel)
+            if not own and not asked:
                 continue
             frame = event.sse_frame(channel)
-            for sub in list(subs):
+            # a copy: an overflowing subscriber leaves these collections while we go through them
+            for sub in [*(own or ()), *(asked or ())]:
                 if not single:
                     if sub in seen:
                         continue
@@ -185,7 +195,7 @@ class Hub:
             sub.task.cancel()  # its writer may be stuck waiting for the socket to drain
 
     def close_user(self, user_id: uuid.UUID, reason: str) -> None:
-        for sub in list(self._by_user.get(user_id, ())):
+        for sub in list(self._by_user.get(user_channel(user_id), ())):
             sub.close(reason)
 
     def close_all(self, reason: str) -> None:

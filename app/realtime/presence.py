@@ -50,7 +50,7 @@ class Presence:
             pipe.hset(self.process_key, mapping={t: self.hub.count(t) for t in TRANSPORTS})
             pipe.expire(self.process_key, TTL_SECONDS)
             for role, users in self.hub.users_online().items():
-                pipe.zadd(f"{PREFIX}online:{role}", {str(u): now for u in users})
+                pipe.zadd(f"{PREFIX}online:{role}", dict.fromkeys(users, now))
             for role in ROLES:
                 pipe.zremrangebyscore(f"{PREFIX}online:{role}", 0, now - TTL_SECONDS)
             await pipe.execute()

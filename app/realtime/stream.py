@@ -116,11 +116,12 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
     sub = Subscriber(principal.user.id, principal.user.role, channels, "sse", server_cycle(receive))
     sub.task = asyncio.current_task()
     _deadline(sub, principal.expires_at, state.settings.sse_max_age)
+    del principal, channels  # `sub` holds what the stream needs from them
     hub.add(sub)
     watcher = asyncio.ensure_future(_watch_disconnect(receive, sub)) if sub.cycle is None else None
     try:
         with contextlib.suppress(Exception):  # presence is best effort; the stream is what matters
-            await presence.opened("sse", principal.user.id, principal.user.role)
+            await presence.opened("sse", sub.user_id, sub.role)
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MILLISECONDS, "more_body": True})
         after = await replay(state.bus, sub, last_event_id, send) if last_event_id else None
