@@ -7,11 +7,18 @@ per stream parked on `receive()`), and writes a frame to an idle stream straight
 in the chunked framing uvicorn's own `send` uses (instead of waking the stream's writer task, which
 then calls `send`): that halves the server CPU per delivered event. Under another server, or when
 uvicorn's internals look different, `server_cycle` answers None and the portable paths are used.
+
+Memory: uvicorn gives every connection two `asyncio.Event`s (the request's message event and the
+write flow control). Each allocates a deque block (~700 bytes) up front for waiters that a parked
+stream rarely has (at most one, its writer during a drain). `slim` swaps those empty deques for
+lists, which do everything `Event` asks of its waiters (append, remove, iterate): 1.4 KiB less
+per stream, 14 MB at 10,000 streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any, Protocol
 
 from litestar.types import Receive
@@ -28,6 +35,7 @@ class ServerCycle(Protocol):
     transport: asyncio.Transport
     flow: FlowControl
     chunked_encoding: bool | None
+    message_event: asyncio.Event
 
 
 def server_cycle(receive: Receive) -> ServerCycle | None:
@@ -37,6 +45,14 @@ def server_cycle(receive: Receive) -> ServerCycle | None:
             and hasattr(getattr(cycle, "flow", None), "write_paused")):
         return cycle  # type: ignore[no-any-return]
     return None
+
+
+def slim(cycle: ServerCycle) -> None:
+    """Give the connection's two events list-based waiters (see the module docstring)."""
+    for event in (getattr(cycle, "message_event", None), getattr(cycle.flow, "_is_writable_event", None)):
+        waiters = getattr(event, "_waiters", None)
+        if isinstance(event, asyncio.Event) and type(waiters) is collections.deque and not waiters:
+            event._waiters = []  # type: ignore[assignment]  # a list serves Event as well as a deque
 
 
 def write_now(cycle: ServerCycle, data: bytes) -> bool:

@@ -23,7 +23,7 @@ from app.errors import PROBLEM_MEDIA_TYPE, AppError, problem_response
 from app.metrics import Metrics
 from app.realtime.access import connection_channels, event_principal
 from app.realtime.bus import EventBus, id_key
-from app.realtime.connection import server_cycle
+from app.realtime.connection import server_cycle, slim
 from app.realtime.events import control_envelope, control_frame
 from app.realtime.hub import Hub, Subscriber
 from app.realtime.presence import Presence
@@ -113,10 +113,13 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
     del headers, query  # this frame lives as long as the stream: keep only what it needs
     hub: Hub = state.hub
     presence: Presence = state.presence
-    sub = Subscriber(principal.user.id, principal.user.role, channels, "sse", server_cycle(receive))
+    cycle = server_cycle(receive)
+    if cycle is not None:
+        slim(cycle)
+    sub = Subscriber(principal.user.id, principal.user.role, channels, "sse", cycle)
     sub.task = asyncio.current_task()
     _deadline(sub, principal.expires_at, state.settings.sse_max_age)
-    del principal, channels  # `sub` holds what the stream needs from them
+    del principal, channels, cycle  # `sub` holds what the stream needs from them
     hub.add(sub)
     watcher = asyncio.ensure_future(_watch_disconnect(receive, sub)) if sub.cycle is None else None
     try:
