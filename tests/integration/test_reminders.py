@@ -60,6 +60,7 @@ from rq.job import Job
 from sse import SSEEvent, SSEStream, open_stream
 
 from app.embedded_redis import EmbeddedRedis, free_port
+from workers.jobs import REMINDER_BATCH
 
 T = TypeVar("T")
 
@@ -505,6 +506,39 @@ def test_cleanup_and_sweep_are_registered_as_periodic_jobs(stack: Stack) -> None
             assert redis.zscore(SCHEDULED_JOBS_KEY, job_id) is not None, f"{job_id} is not scheduled"
     finally:
         redis.close()
+
+
+def test_a_burst_larger_than_one_batch_fires_every_reminder_once_on_time(stack: Stack, people: People) -> None:
+    """More reminders due in one second than one job claims (workers.jobs.REMINDER_BATCH): the job
+    hands the rest to another run, and still each fires once, within 2 s."""
+    customer, owner = people.customer, people.owner
+    count = REMINDER_BATCH + 10
+    resource = make_resource(owner, name="Hall", capacity=count, requires_confirmation=False)
+    starts_at = seconds_ahead(20)
+    with Recorder(stack.base_url, customer) as to_customer, Recorder(stack.base_url, owner) as to_owner:
+        bookings = [book(customer, resource["id"], starts_at) for _ in range(count)]
+        assert datetime.now(UTC) < starts_at - timedelta(seconds=7), "booking took too long to test anything"
+        planned = [r for b in bookings for r in reminders_of(customer, b["id"])]
+        assert len(planned) == 3 * count, len(planned)  # 6s, 4s to the owner; 5s to the customer
+        recorder_of = {owner.id: to_owner, customer.id: to_customer}
+        last_due = max(parse_time(r["due_at"]) for r in planned)
+        timeout = (last_due - datetime.now(UTC)).total_seconds() + LATENESS_LIMIT + 2
+        eventually(lambda: all(recorder_of[r["recipient_id"]].reminders(r["id"]) for r in planned), timeout,
+                   "a reminder.due event for every reminder", stack.explain)
+        time.sleep(QUIET_SECONDS)
+        figures = []
+        for row in planned:
+            events = recorder_of[row["recipient_id"]].reminders(row["id"])
+            assert len(events) == 1, f"reminder {row['id']} fired {len(events)} times"
+            figures.append(lateness(row["due_at"], events[0].at))
+    print(f"\n[burst of {3 * count}] {report('event arrival - due_at', figures)}")
+    assert max(figures) <= LATENESS_LIMIT, sorted(figures)[-5:]
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        shared = list(redis.scan_iter(match="rq:job:bookwire-reminders-more-*", count=1000))
+    finally:
+        redis.close()
+    assert shared, "no job handed part of the burst to another run"
 
 
 # --- 2. moving and removing ----------------------------------------------------------------------------
