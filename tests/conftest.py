@@ -117,17 +117,23 @@ class Server:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
 
 
-def _database_url(engine: str, data_dir: Path) -> tuple[str, str | None]:
-    """The DATABASE_URL for a fresh database, and the name of a PostgreSQL database to drop."""
+@contextmanager
+def fresh_database(engine: str, data_dir: Path) -> Iterator[str]:
+    """The DATABASE_URL of a new, empty database on `engine` ("sqlite" or "postgres"), dropped
+    afterwards; a PostgreSQL that is not reachable skips the test (fails it under CI)."""
     if engine == "sqlite":
-        return f"sqlite:///{data_dir / 'bookwire.sqlite3'}", None
+        yield f"sqlite:///{data_dir / 'bookwire.sqlite3'}"
+        return
     if not _postgres_reachable():
         if os.environ.get("BOOKWIRE_TEST_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"BOOKWIRE_TEST_REQUIRE_POSTGRES=1 but PostgreSQL is not reachable at {POSTGRES_URL}")
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}")
     name = f"bookwire_test_{uuid.uuid4().hex[:12]}"
     _run_sql(POSTGRES_URL, f'CREATE DATABASE "{name}"')
-    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name, name
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        _run_sql(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
@@ -165,13 +171,8 @@ def server(
     """A live `bookwire api` (after `bookwire migrate`) on the parametrised database."""
     engine: str = request.param
     data_dir = tmp_path_factory.mktemp(f"api-{engine}")
-    database_url, pg_database = _database_url(engine, data_dir)
-    try:
-        with running_api(data_dir, redis_url, database_url) as (base_url, _):
-            yield Server(engine, base_url, database_url, data_dir)
-    finally:
-        if pg_database:
-            _run_sql(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{pg_database}" WITH (FORCE)')
+    with fresh_database(engine, data_dir) as database_url, running_api(data_dir, redis_url, database_url) as (url, _):
+        yield Server(engine, url, database_url, data_dir)
 
 
 @dataclass

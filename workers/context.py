@@ -1,40 +1,54 @@
-"""What a worker process sets up once and its jobs share: settings, the database engine binding,
-and a synchronous Redis connection for enqueueing follow-up jobs.
+"""What a worker process sets up once and its jobs share: settings, the job queue, one event loop,
+the database engine (a connection pool on PostgreSQL) and the event bus's Redis client.
 
 This is the worker's counterpart of the API's lifespan: `bookwire worker` calls `start()` before
-taking jobs; jobs call `current()`. Async resources (event-bus Redis clients) are made per job,
-because RQ runs each coroutine job in a fresh event loop.
+taking jobs. RQ would run each coroutine job in a new event loop of its own, which rules out any
+pool or client kept across jobs; so jobs are plain functions made with `@job`, which run their
+coroutine on this process's one loop, where the pool and the Redis client live.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
 
 from redis import Redis
 
-from app.db.engine import bind_engine, engine_from_url
+from app.db.engine import bind_engine, engine_from_url, open_engine
 from app.lifespan import redis_client
 from app.realtime.bus import EventBus
 from app.settings import Settings
 from workers.queues import JobQueue
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class WorkerContext:
     settings: Settings
     jobs: JobQueue
+    loop: asyncio.AbstractEventLoop
+    bus: EventBus
 
 
 _context: WorkerContext | None = None
 
 
 def start(settings: Settings, connection: Redis) -> WorkerContext:
-    """Bind the tables to the configured database (no pool: each job has its own loop)."""
+    """Bind the tables to the configured database and open it on this process's event loop."""
     global _context
-    bind_engine(engine_from_url(settings.database_url))
-    _context = WorkerContext(settings, JobQueue(connection))
+    assert settings.redis_url is not None
+    engine = engine_from_url(settings.database_url)
+    bind_engine(engine)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(open_engine(engine))
+    bus = EventBus(redis_client(settings.redis_url), settings.stream_retention)
+    _context = WorkerContext(settings, JobQueue(connection), loop, bus)
     return _context
 
 
@@ -44,13 +58,21 @@ def current() -> WorkerContext:
     return _context
 
 
-@asynccontextmanager
-async def event_bus() -> AsyncIterator[EventBus]:
-    """An event bus on a Redis client that lives as long as one job."""
-    settings = current().settings
-    assert settings.redis_url is not None
-    redis = redis_client(settings.redis_url)
-    try:
-        yield EventBus(redis, settings.stream_retention)
-    finally:
-        await redis.aclose()
+def job(work: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
+    """An RQ job function that runs the coroutine `work` on the worker process's event loop.
+
+    RQ finds a job by its module and name, which `functools.wraps` keeps. Should the job be
+    interrupted (RQ's timeout raises inside the loop), its task is cancelled, so it does not go on
+    running during the next job."""
+
+    @functools.wraps(work)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        loop = current().loop
+        task = loop.create_task(work(*args, **kwargs))
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            task.cancel()
+            raise
+
+    return run

@@ -51,6 +51,7 @@ def _human(seconds: int) -> str:
     return " ".join(parts) or "0 seconds"
 
 
+@context.job
 async def send_email(delivery_id: str) -> None:
     """Send one delivery, exactly once as far as Bookwire can tell (see `_claim`)."""
     ctx = context.current()
@@ -98,11 +99,10 @@ async def _failed_attempt(row: dict[str, Any], exc: Exception) -> None:
         _count("emails_failed")
         log.error("email %s to %s failed for good after %d attempts: %s", row["id"], row["to_address"], attempt,
                   error)
-        async with context.event_bus() as bus:
-            await bus.publish("system.alert", [role_channel("admin")], {
-                "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
-                "template_key": row["template_key"], "attempts": attempt, "error": error,
-            })
+        await ctx.bus.publish("system.alert", [role_channel("admin")], {
+            "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
+            "template_key": row["template_key"], "attempts": attempt, "error": error,
+        })
         return
     delay = intervals[attempt - 1]
     log.warning("email %s attempt %d failed (%s); retrying in %d s", row["id"], attempt, error, delay)
@@ -110,6 +110,7 @@ async def _failed_attempt(row: dict[str, Any], exc: Exception) -> None:
                       job_id=email_job_id(row["id"], attempt + 1), queue=EMAIL_QUEUE)
 
 
+@context.job
 async def fire_due_reminders() -> None:
     """Fire the reminders due by now: each a `reminder.due` event, an in-app notification and an
     email — at most once, and only while its booking is confirmed (checked in the claiming UPDATE).
@@ -156,13 +157,13 @@ async def _announce_reminders(fired: list[dict[str, Any]], now: datetime) -> Non
         email_context = booking_context(booking, resource, people, role, None, ctx.settings.app_url)
         email_context["reminder"] = {"offset_seconds": reminder["offset_seconds"], "starts_in": starts_in}
         emails.append(NewEmail(f"reminder.{role}", people[role]["email"], email_context, booking.id))
-    async with context.event_bus() as bus:
-        for channel, data in announced:
-            await bus.publish("reminder.due", [channel], data)
-        await notify_each(bus, notifications)
-        await queue_emails(Effects(bus, ctx.jobs, ctx.settings), emails)
+    for channel, data in announced:
+        await ctx.bus.publish("reminder.due", [channel], data)
+    await notify_each(ctx.bus, notifications)
+    await queue_emails(Effects(ctx.bus, ctx.jobs, ctx.settings), emails)
 
 
+@context.job
 async def expire_booking(booking_id: str) -> None:
     """Expire a booking still pending at its response deadline (re-checked here, under the lock)."""
     ctx = context.current()
@@ -175,14 +176,13 @@ async def expire_booking(booking_id: str) -> None:
     seconds = resource["response_deadline_seconds"] if resource else None
     if not seconds or row["created_at"] + timedelta(seconds=seconds) > datetime.now(UTC) + timedelta(seconds=1):
         return  # no deadline any more, or not yet (the sweep comes back)
-    async with context.event_bus() as bus:
-        try:
-            effects = Effects(bus, ctx.jobs, ctx.settings)
-            await bookings.transition(None, uuid.UUID(booking_id), "expire", None, effects)
-        except Conflict:
-            pass  # confirmed, rejected or cancelled in the meantime
+    try:
+        await bookings.transition(None, uuid.UUID(booking_id), "expire", None, Effects(ctx.bus, ctx.jobs, ctx.settings))
+    except Conflict:
+        pass  # confirmed, rejected or cancelled in the meantime
 
 
+@context.job
 async def sweep() -> None:
     """Re-enqueue what is due but has no job any more; every job it touches is idempotent."""
     ctx = context.current()
@@ -209,6 +209,7 @@ async def sweep() -> None:
             ctx.jobs.enqueue(expire_booking, str(row["id"]), job_id=expiry_job_id(row["id"]) + "-sweep")
 
 
+@context.job
 async def cleanup() -> None:
     """Trim event history past retention; delete fired reminders and read notifications > 30 days old."""
     ctx = context.current()

@@ -14,6 +14,7 @@ and everything is driven over HTTP as a user would, watched over SSE:
   its seats, publishes `booking.expired` and mails the customer; a confirmed one does not expire;
 - scheduled reminders and deadlines survive stopping every process, Redis included (also with
   `bookwire up`, whose embedded Redis keeps its AOF in DATA_DIR);
+- the same firing path with the API, a worker and the scheduler on PostgreSQL;
 - the cleanup job trims event history past STREAM_RETENTION and deletes fired reminders and read
   notifications older than 30 days.
 
@@ -48,6 +49,7 @@ from conftest import (
     Server,
     bookwire,
     bookwire_env,
+    fresh_database,
     make_resource,
     register,
     running_api,
@@ -144,20 +146,18 @@ def wait_ready(process: subprocess.Popen[bytes], log: Path, marker: str) -> None
 
 @dataclass
 class Stack:
-    """One API, its workers and schedulers, on one SQLite file and one Redis."""
+    """One API, its workers and schedulers, on one database and one Redis."""
 
     data_dir: Path
     redis_url: str
     base_url: str
+    database_url: str
     logs: list[Path] = field(default_factory=list)
 
     @property
-    def database_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'bookwire.sqlite3'}"
-
-    @property
     def server(self) -> Server:
-        return Server("sqlite", self.base_url, self.database_url, self.data_dir)
+        engine = "sqlite" if self.database_url.startswith("sqlite") else "postgres"
+        return Server(engine, self.base_url, self.database_url, self.data_dir)
 
     @property
     def outbox(self) -> Path:
@@ -175,13 +175,16 @@ def settings_env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def bookwire_stack(data_dir: Path, redis_url: str, workers: int = 2, schedulers: int = 2, migrate: bool = True,
-                   generation: int = 1, worker_env: dict[str, str] | None = None,
+                   generation: int = 1, worker_env: dict[str, str] | None = None, database_url: str | None = None,
                    **env: str) -> Iterator[Stack]:
-    """`bookwire api`, `workers` RQ workers and `schedulers` rq-schedulers; all stopped on exit."""
+    """`bookwire api`, `workers` RQ workers and `schedulers` rq-schedulers (on SQLite in `data_dir`
+    unless `database_url` says otherwise); all stopped on exit."""
     data_dir.mkdir(parents=True, exist_ok=True)
     shared = settings_env(**env)
-    with running_api(data_dir, redis_url, migrate=migrate, **shared) as (base_url, _), ExitStack() as parts:
-        stack = Stack(data_dir, redis_url, base_url)
+    database_url = database_url or f"sqlite:///{data_dir / 'bookwire.sqlite3'}"
+    with running_api(data_dir, redis_url, database_url, migrate=migrate, **shared) as (base_url, _), \
+            ExitStack() as parts:
+        stack = Stack(data_dir, redis_url, base_url, database_url)
         process_env = bookwire_env(DATABASE_URL=stack.database_url, REDIS_URL=redis_url, DATA_DIR=str(data_dir),
                                    **shared, **(worker_env or {}))
         started = []
@@ -680,7 +683,7 @@ def test_unanswered_booking_expires_at_its_deadline_and_frees_its_seats(stack: S
 
 @dataclass
 class Plan:
-    """What was scheduled before a restart: a confirmed booking's reminders and a pending one's deadline."""
+    """What was scheduled: a confirmed booking's reminders and a pending one's deadline."""
 
     reminded: dict[str, Any]
     reminders: list[dict[str, Any]]
@@ -688,7 +691,7 @@ class Plan:
     deadline: datetime
 
 
-def plan_before_restart(customer: Actor, owner: Actor, lead: int) -> Plan:
+def plan_due_soon(customer: Actor, owner: Actor, lead: int) -> Plan:
     """Reminders due `lead` to `lead + 2` s ahead (offsets 6s and 4s owner, 5s customer) and a deadline due `lead`
     s ahead (it was created just before)."""
     room = make_resource(owner, name="Rehearsal room", capacity=1)
@@ -701,13 +704,14 @@ def plan_before_restart(customer: Actor, owner: Actor, lead: int) -> Plan:
     return Plan(reminded, reminders, pending, parse_time(pending["created_at"]) + timedelta(seconds=lead))
 
 
-def check_after_restart(plan: Plan, customer: Actor, owner: Actor, recorders: dict[str, Recorder],
+def check_fired_once_on_time(plan: Plan, customer: Actor, owner: Actor, recorders: dict[str, Recorder],
                         explain: Callable[[], str], label: str) -> None:
-    """Every reminder and the deadline fired on time and once, though every process was restarted."""
+    """Every reminder and the deadline fired on time and once (in the restart tests: although every
+    process was stopped and started again in between)."""
     first_due = min([parse_time(r["due_at"]) for r in plan.reminders] + [plan.deadline])
     margin = (first_due - datetime.now(UTC)).total_seconds()
-    print(f"\n[{label}] everything back up {margin:.1f}s before the first due time")
-    assert margin > 0.5, "the restart took so long that nothing was due after it"
+    print(f"\n[{label}] ready {margin:.1f}s before the first due time")
+    assert margin > 0.5, "setting up (or restarting) took so long that nothing was due after it"
     ids = {r["id"] for r in plan.reminders}
     timeout = (max(parse_time(r["due_at"]) for r in plan.reminders) - datetime.now(UTC)).total_seconds() + 5
     fired = eventually(lambda: all_sent(customer, plan.reminded["id"], ids), timeout,
@@ -742,7 +746,7 @@ def test_reminders_and_deadlines_survive_a_restart_of_every_process(tmp_path: Pa
         started = time.monotonic()
         with bookwire_stack(data_dir, redis.url, generation=1) as first:
             people = cast_of(first.server)
-            plan = plan_before_restart(people.customer, people.owner, lead=RESTART_LEAD_SECONDS)
+            plan = plan_due_soon(people.customer, people.owner, lead=RESTART_LEAD_SECONDS)
             scheduled = scheduled_job_ids(redis.url)
         redis.stop()
         with httpx.Client() as probe:
@@ -757,10 +761,25 @@ def test_reminders_and_deadlines_survive_a_restart_of_every_process(tmp_path: Pa
             customer, owner = (Actor(a.id, a.role, a.email, a.token, second.server.client(a.token))
                                for a in (people.customer, people.owner))
             with Recorder(second.base_url, customer) as to_customer, Recorder(second.base_url, owner) as to_owner:
-                check_after_restart(plan, customer, owner, {customer.id: to_customer, owner.id: to_owner},
+                check_fired_once_on_time(plan, customer, owner, {customer.id: to_customer, owner.id: to_owner},
                                     second.explain, "restart")
     finally:
         redis.stop()
+
+
+def test_workers_fire_reminders_and_deadlines_on_postgresql(tmp_path: Path) -> None:
+    """The same firing path with every process on PostgreSQL (a worker keeps a connection pool)."""
+    with fresh_database("postgres", tmp_path) as database_url, private_redis(tmp_path / "redis") as redis, \
+            bookwire_stack(tmp_path / "var", redis.url, workers=1, schedulers=1, database_url=database_url) as stack:
+        people = cast_of(stack.server)
+        plan = plan_due_soon(people.customer, people.owner, lead=RESTART_LEAD_SECONDS)
+        customer, owner = people.customer, people.owner
+        with Recorder(stack.base_url, customer) as to_customer, Recorder(stack.base_url, owner) as to_owner:
+            recorders = {customer.id: to_customer, owner.id: to_owner}
+            check_fired_once_on_time(plan, customer, owner, recorders, stack.explain, "postgresql")
+        for key, count in {"reminder.owner": 2, "reminder.customer": 1}.items():
+            eventually(partial(sent_mails, people.admin, plan.reminded["id"], key, count), 10,
+                       f"{count} {key} email(s) sent", stack.explain)
 
 
 def test_bookwire_up_keeps_reminders_and_deadlines_over_a_restart(tmp_path: Path) -> None:
@@ -784,7 +803,7 @@ def test_bookwire_up_keeps_reminders_and_deadlines_over_a_restart(tmp_path: Path
     try:
         server = Server("sqlite", base_url, "", data_dir)
         customer, owner = register(server, "customer", "Carol Customer"), register(server, "provider", "Paula")
-        plan = plan_before_restart(customer, owner, lead=RESTART_LEAD_SECONDS)
+        plan = plan_due_soon(customer, owner, lead=RESTART_LEAD_SECONDS)
     finally:
         stop_process(process, signal.SIGINT, timeout=30)
     assert process.returncode == 0, log_tail(log)
@@ -796,7 +815,7 @@ def test_bookwire_up_keeps_reminders_and_deadlines_over_a_restart(tmp_path: Path
         customer = Actor(customer.id, customer.role, customer.email, customer.token, server.client(customer.token))
         owner = Actor(owner.id, owner.role, owner.email, owner.token, server.client(owner.token))
         with Recorder(base_url, customer) as to_customer, Recorder(base_url, owner) as to_owner:
-            check_after_restart(plan, customer, owner, {customer.id: to_customer, owner.id: to_owner},
+            check_fired_once_on_time(plan, customer, owner, {customer.id: to_customer, owner.id: to_owner},
                                 lambda: log_tail(log, 60), "bookwire up restart")
     finally:
         stop_process(process, signal.SIGINT, timeout=30)
