@@ -51,7 +51,15 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from procs import CLK_TCK, die_with_parent, machine_busy_seconds, own_cpu_seconds, stop_process, tail  # noqa: E402
+from procs import (  # noqa: E402
+    CLK_TCK,
+    die_with_parent,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    stat_fields,
+    stop_process,
+    tail,
+)
 
 from app.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
@@ -70,12 +78,8 @@ BOOKING_LENGTH = timedelta(minutes=30)  # ... and last half an hour: never adjac
 
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of one process (all its threads), or None when it cannot be read."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    fields = stat_fields(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def postgres_cpu_by_pid() -> dict[int, float]:

@@ -18,6 +18,16 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (index 0 is field 3, `state`; so
+    utime, stime, cutime, cstime are 11-14 and ppid is 1), or None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
+
+
 def machine_busy_seconds() -> float:
     """CPU time all cores of the machine spent not idle (from /proc/stat), in seconds."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]

@@ -79,7 +79,7 @@ THIS_FILE = str(Path(__file__).resolve())
 REPO = Path(THIS_FILE).parent.parent
 sys.path.insert(0, str(REPO))
 
-from procs import CLK_TCK, machine_busy_seconds, own_cpu_seconds, stop_process, tail  # noqa: E402
+from procs import CLK_TCK, machine_busy_seconds, own_cpu_seconds, stat_fields, stop_process, tail  # noqa: E402
 
 from app.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
@@ -122,12 +122,8 @@ def cpu_times(pid: int | None) -> tuple[float, float] | None:
     """(utime, stime) of one process and all its threads, in seconds, or None."""
     if not pid:
         return None
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    fields = stat_fields(pid)
+    return None if fields is None else (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK)
 
 
 def cpu_seconds(pid: int | None) -> float | None:

@@ -93,7 +93,15 @@ from redis import Redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from procs import CLK_TCK, die_with_parent, machine_busy_seconds, own_cpu_seconds, stop_process, tail  # noqa: E402
+from procs import (  # noqa: E402
+    CLK_TCK,
+    die_with_parent,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    stat_fields,
+    stop_process,
+    tail,
+)
 
 from app.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
@@ -130,11 +138,9 @@ def cpu_seconds(pid: int | None, children: bool = True) -> float | None:
     """utime + stime of a process (all threads), plus those of its reaped children (RQ's work horses)."""
     if pid is None:
         return None
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    f = stat_fields(pid)
+    if f is None:
         return None
-    f = text[text.rindex(")") + 2:].split()
     ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)
     return ticks / CLK_TCK
 
@@ -143,12 +149,8 @@ def system_cpu_seconds(pid: int | None) -> float | None:
     """The kernel-mode part (stime + cstime): fork, page faults, sockets, file I/O."""
     if pid is None:
         return None
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    f = text[text.rindex(")") + 2:].split()
-    return (int(f[12]) + int(f[14])) / CLK_TCK
+    f = stat_fields(pid)
+    return None if f is None else (int(f[12]) + int(f[14])) / CLK_TCK
 
 
 def other_benchmarks() -> list[str]:
@@ -159,11 +161,10 @@ def other_benchmarks() -> list[str]:
     pid = os.getppid()
     while pid > 1 and pid not in mine:
         mine.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+        fields = stat_fields(pid)
+        if fields is None:
             break
-        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        pid = int(fields[1])
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
