@@ -1,5 +1,5 @@
-"""What a worker process sets up once and its jobs share: settings, the job queue, one event loop,
-the database engine (a connection pool on PostgreSQL) and the event bus's Redis client.
+"""What a worker process sets up once and its jobs share: one event loop, the database engine (a
+connection pool on PostgreSQL), and `Effects` (settings, the job queue, the event bus's Redis client).
 
 This is the worker's counterpart of the API's lifespan: `bookwire worker` calls `start()` before
 taking jobs. RQ would run each coroutine job in a new event loop of its own, which rules out any
@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 from redis import Redis
 
 from app.db.engine import bind_engine, engine_from_url, open_engine
+from app.effects import Effects
 from app.lifespan import redis_client
 from app.realtime.bus import EventBus
 from app.settings import Settings
@@ -29,10 +30,16 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class WorkerContext:
-    settings: Settings
-    jobs: JobQueue
+    effects: Effects  # what the services need to publish events and enqueue jobs, as in the API
     loop: asyncio.AbstractEventLoop
-    bus: EventBus
+
+    @property
+    def settings(self) -> Settings:
+        return self.effects.settings
+
+    @property
+    def jobs(self) -> JobQueue:
+        return self.effects.jobs
 
 
 _context: WorkerContext | None = None
@@ -48,7 +55,7 @@ def start(settings: Settings, connection: Redis) -> WorkerContext:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(open_engine(engine))
     bus = EventBus(redis_client(settings.redis_url), settings.stream_retention)
-    _context = WorkerContext(settings, JobQueue(connection), loop, bus)
+    _context = WorkerContext(Effects(bus, JobQueue(connection), settings), loop)
     return _context
 
 

@@ -19,7 +19,6 @@ import msgspec
 
 from app.bookings import services as bookings
 from app.db.tables import Booking, EmailDelivery, Notification, Reminder, Resource
-from app.effects import Effects
 from app.email.services import NewEmail, booking_context, effective_template, parties_of, queue_emails
 from app.errors import Conflict
 from app.metrics import STATS_KEY
@@ -99,7 +98,7 @@ async def _failed_attempt(row: dict[str, Any], exc: Exception) -> None:
         _count("emails_failed")
         log.error("email %s to %s failed for good after %d attempts: %s", row["id"], row["to_address"], attempt,
                   error)
-        await ctx.bus.publish("system.alert", [role_channel("admin")], {
+        await ctx.effects.bus.publish("system.alert", [role_channel("admin")], {
             "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
             "template_key": row["template_key"], "attempts": attempt, "error": error,
         })
@@ -158,9 +157,9 @@ async def _announce_reminders(fired: list[dict[str, Any]], now: datetime) -> Non
         email_context["reminder"] = {"offset_seconds": reminder["offset_seconds"], "starts_in": starts_in}
         emails.append(NewEmail(f"reminder.{role}", people[role]["email"], email_context, booking.id))
     for channel, data in announced:
-        await ctx.bus.publish("reminder.due", [channel], data)
-    await notify_each(ctx.bus, notifications)
-    await queue_emails(Effects(ctx.bus, ctx.jobs, ctx.settings), emails)
+        await ctx.effects.bus.publish("reminder.due", [channel], data)
+    await notify_each(ctx.effects.bus, notifications)
+    await queue_emails(ctx.effects, emails)
 
 
 @context.job
@@ -177,7 +176,7 @@ async def expire_booking(booking_id: str) -> None:
     if not seconds or row["created_at"] + timedelta(seconds=seconds) > datetime.now(UTC) + timedelta(seconds=1):
         return  # no deadline any more, or not yet (the sweep comes back)
     try:
-        await bookings.transition(None, uuid.UUID(booking_id), "expire", None, Effects(ctx.bus, ctx.jobs, ctx.settings))
+        await bookings.transition(None, uuid.UUID(booking_id), "expire", None, ctx.effects)
     except Conflict:
         pass  # confirmed, rejected or cancelled in the meantime
 

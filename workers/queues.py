@@ -70,8 +70,7 @@ class JobQueue:
         self.scheduler = Scheduler(queue_name=DEFAULT_QUEUE, connection=connection)
 
     def enqueue(self, func: Callable[..., Any], *args: Any, job_id: str, queue: str = DEFAULT_QUEUE) -> None:
-        Queue(queue, connection=self.connection).enqueue(func, *args, job_id=job_id,
-                                                          job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600)
+        self.enqueue_many(func, [(args, job_id)], queue)
 
     def enqueue_many(self, func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], str]],
                      queue: str = DEFAULT_QUEUE) -> None:

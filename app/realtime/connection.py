@@ -35,7 +35,6 @@ class ServerCycle(Protocol):
     transport: asyncio.Transport
     flow: FlowControl
     chunked_encoding: bool | None
-    message_event: asyncio.Event
 
 
 def server_cycle(receive: Receive) -> ServerCycle | None:

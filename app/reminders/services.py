@@ -52,9 +52,8 @@ async def plan_reminders(effects: Effects, booking: BookingRead, event_type: str
     now = datetime.now(UTC)
     plan = [(booking.owner_id, "owner", o) for o in effects.settings.reminder_provider_offsets]
     plan += [(booking.customer_id, "customer", o) for o in effects.settings.reminder_customer_offsets]
-    due = [(recipient_id, role, offset, booking.starts_at - timedelta(seconds=offset))
-           for recipient_id, role, offset in plan]
-    due = [entry for entry in due if entry[3] > now]  # a moment already past is skipped
+    due = [(recipient_id, role, offset, due_at) for recipient_id, role, offset in plan
+           if (due_at := booking.starts_at - timedelta(seconds=offset)) > now]  # a moment already past is skipped
     if not due:
         return
     await Reminder.insert(*(
@@ -62,7 +61,7 @@ async def plan_reminders(effects: Effects, booking: BookingRead, event_type: str
                  offset_seconds=offset, due_at=due_at, status="scheduled", fired_at=None, created_at=now)
         for recipient_id, role, offset, due_at in due
     ))
-    await effects.run(effects.jobs.schedule_shared, [entry[3] for entry in due], fire_due_reminders,
+    await effects.run(effects.jobs.schedule_shared, [due_at for *_, due_at in due], fire_due_reminders,
                       prefix=REMINDERS_JOB_PREFIX)
 
 
