@@ -10,6 +10,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.types import ASGIApp
 
 from app.accounts.controllers import AuthController, MeController, UserController
+from app.accounts.throttle import auth_rate_limit
 from app.admin.controllers import AdminController
 from app.bookings.controllers import BookingController
 from app.db.engine import bind_engine, engine_from_url
@@ -17,7 +18,7 @@ from app.email.controllers import EmailAdminController
 from app.errors import EXCEPTION_HANDLERS
 from app.health import HealthController
 from app.lifespan import lifespan
-from app.live_page import live_page
+from app.live_page import home, live_page
 from app.metrics import Metrics, count_requests, metrics_endpoint
 from app.notifications.controllers import NotificationController
 from app.realtime.controllers import EventController
@@ -25,7 +26,7 @@ from app.realtime.stream import with_event_stream
 from app.resources.controllers import ResourceController
 from app.security import TokenCodec
 from app.settings import Settings, load_settings
-from app.validation import validate_body
+from app.validation import validate_request
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -38,14 +39,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             HealthController, metrics_endpoint, AuthController, MeController, UserController, ResourceController,
-            BookingController, NotificationController, EventController, AdminController, live_page,
+            BookingController, NotificationController, EventController, AdminController, home, live_page,
             EmailAdminController,
         ],
         lifespan=[lifespan(settings, engine)],
         state=State({"settings": settings, "tokens": TokenCodec(settings), "metrics": Metrics()}),
-        middleware=[count_requests],
+        middleware=[count_requests, auth_rate_limit],
         exception_handlers=EXCEPTION_HANDLERS,
-        before_request=validate_body,
+        before_request=validate_request,
         request_max_body_size=MAX_BODY_BYTES,
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=False)
         if settings.cors_origins else None,

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
+import io
 import logging
 import os
 import signal
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from app.settings import Settings, SettingsError, load_settings
 
@@ -30,25 +33,50 @@ def _redis_sync(settings: Settings):  # type: ignore[no-untyped-def]
     return Redis.from_url(settings.redis_url)
 
 
+def _without_password(url: str) -> str:
+    """`url` fit to print: a password in it is replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
 def migrate(settings: Settings) -> None:
-    """Apply Piccolo migrations to `DATABASE_URL`."""
-    # Piccolo's migration runner finds its engine through piccolo_conf, which reads DATABASE_URL.
+    """Apply Piccolo migrations to `DATABASE_URL`, and say in one line what was done."""
+    # Piccolo's migration runner finds its engine through piccolo_conf, which reads DATABASE_URL;
+    # the tables are bound to that same engine, so one engine (one connection check) serves both.
     os.environ["DATABASE_URL"] = settings.database_url
     os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
-    from piccolo.apps.migrations.commands.forwards import run_forwards
+    from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
+    from piccolo.apps.migrations.tables import Migration
+    from piccolo.engine.finder import engine_finder
 
-    from app.db.engine import bind_engine, close_engine, engine_from_url, open_engine
+    from app.db.engine import bind_engine, close_engine, open_engine
 
     async def run() -> None:
-        engine = engine_from_url(settings.database_url)
+        engine = engine_finder()
+        assert engine is not None, "piccolo_conf defines DB"
         bind_engine(engine)
         await open_engine(engine)
         try:
-            result = await run_forwards("bookwire")
+            manager = ForwardsMigrationManager(app_name="bookwire")
+            await manager.create_migration_table()
+            before = set(await Migration.get_migrations_which_ran(app_name="bookwire"))
+            # Piccolo prints a running commentary ("3 migrations already complete" on a fresh
+            # database, among others): keep it for a failure, and say one true thing otherwise.
+            with contextlib.redirect_stdout(io.StringIO()) as commentary:
+                result = await manager.run()
             if not result.success:
-                raise SystemExit(f"migrations failed: {result.message}")
+                sys.stderr.write(commentary.getvalue())
+                raise SystemExit(f"bookwire: migrations failed: {result.message}")
+            applied = len(set(await Migration.get_migrations_which_ran(app_name="bookwire")) - before)
         finally:
             await close_engine(engine)
+        where = _without_password(settings.database_url)
+        if applied:
+            print(f"Database {where}: applied {applied} migration{'s' if applied != 1 else ''}", flush=True)
+        else:
+            print(f"Database {where}: up to date", flush=True)
 
     asyncio.run(run())
 
@@ -56,6 +84,7 @@ def migrate(settings: Settings) -> None:
 def create_admin(settings: Settings, email: str, password: str) -> None:
     from app.accounts.services import ensure_admin
     from app.db.engine import bind_engine, close_engine, engine_from_url, open_engine
+    from app.errors import AppError
 
     async def run() -> None:
         engine = engine_from_url(settings.database_url)
@@ -64,6 +93,8 @@ def create_admin(settings: Settings, email: str, password: str) -> None:
         try:
             user = await ensure_admin(email, password)
             print(f"admin {user.email} ({user.id}) is ready")
+        except AppError as refusal:  # an account someone registered, or not an address
+            raise SystemExit(f"bookwire: {refusal.detail}") from None
         finally:
             await close_engine(engine)
 
@@ -74,6 +105,7 @@ def api(settings: Settings) -> None:
     import uvicorn
 
     from app.asgi import create_app, create_asgi
+    from app.server import http_protocol
 
     app = create_app(settings)
 
@@ -92,8 +124,10 @@ def api(settings: Settings) -> None:
             self._loop = asyncio.get_running_loop()
             await super().serve(sockets)
 
+    limit = settings.max_request_header_bytes
     config = uvicorn.Config(create_asgi(app), host=settings.host, port=settings.port, log_level="info",
-                            proxy_headers=True, server_header=False, timeout_graceful_shutdown=5)
+                            proxy_headers=True, server_header=False, timeout_graceful_shutdown=5,
+                            http=http_protocol(limit), h11_max_incomplete_event_size=limit)
     StreamClosingServer(config).run()
 
 
@@ -131,6 +165,12 @@ def scheduler(settings: Settings) -> None:
     _survive_redis_outages(lambda: build_scheduler(connection).run(), "scheduler")
 
 
+def _local_url(settings: Settings) -> str:
+    """Where this machine reaches the API (a wildcard listen address is not one to open)."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+
+
 def up(settings: Settings) -> None:
     """Everything on one machine: embedded Redis if needed, migrations, worker, scheduler, API."""
     from app.embedded_redis import EmbeddedRedis
@@ -154,10 +194,13 @@ def up(settings: Settings) -> None:
         migrate(settings)
         for part in ("worker", "scheduler"):
             children.append(subprocess.Popen([sys.executable, "-m", "app.cli", part], env=env))
-        print(f"Bookwire API:    {settings.app_url}/v1\n"
-              f"API docs (UI):   http://{settings.host}:{settings.port}/schema\n"
-              f"OpenAPI JSON:    http://{settings.host}:{settings.port}/schema/openapi.json\n"
-              f"Health:          http://{settings.host}:{settings.port}/ready", flush=True)
+        base = _local_url(settings)
+        print(f"Bookwire:        {base}  (the JSON API is under /v1)\n"
+              f"API docs (UI):   {base}/schema\n"
+              f"OpenAPI JSON:    {base}/schema/openapi.json\n"
+              f"Live events:     {base}/live  (open it as /live#token=<access token>)\n"
+              f"Health:          {base}/health\n"
+              f"Readiness:       {base}/ready", flush=True)
         api(settings)
     except KeyboardInterrupt:
         pass
@@ -186,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--password", help="prompted for when left out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Piccolo logs "Running Sqlite version …" each time an engine is built: once per process of
+    # `bookwire up`, twice in `migrate`. Its warning for a too-old database is a warning, not this.
+    logging.getLogger("piccolo.engine.base").setLevel(logging.WARNING)
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -10,8 +10,10 @@ exceptions, into `application/problem+json` answers. The tree:
     ├── NotFound (404)          absent, or not visible to the caller
     ├── Conflict (409)          state or capacity conflict, duplicate, request in progress
     ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415)  a body that is not sent as JSON
     ├── Unprocessable (422)     well-formed but invalid input; carries `errors`
-    └── ServiceUnavailable (503)
+    ├── TooManyRequests (429)   a rate or connection limit; carries `Retry-After`
+    └── ServiceUnavailable (503) a dependency (database, Redis) is down; carries `Retry-After`
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.db.errors import is_database_outage
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +51,10 @@ class AppError(Exception):
     title: ClassVar[str] = "Internal server error"
     slug: ClassVar[str] = "internal"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers
         self.extra = extra
 
 
@@ -87,6 +94,14 @@ class PayloadTooLarge(AppError):
     slug = "payload-too-large"
 
 
+class UnsupportedMediaType(AppError):
+    """A request body whose `Content-Type` is not JSON (`application/json` or a `+json` type)."""
+
+    status_code = 415
+    title = "Unsupported media type"
+    slug = "unsupported-media-type"
+
+
 class Unprocessable(AppError):
     """Invalid input; `errors` names each offending field."""
 
@@ -104,10 +119,27 @@ class Unprocessable(AppError):
         return cls(f"{field}: {message}", [FieldError(field, message)])
 
 
+class TooManyRequests(AppError):
+    """A limit was reached; the client may try again after `retry_after` seconds."""
+
+    status_code = 429
+    title = "Too many requests"
+    slug = "too-many-requests"
+
+    def __init__(self, detail: str, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(int(retry_after), 1))}, **extra)
+
+
 class ServiceUnavailable(AppError):
+    """A dependency is down (or a feature is not configured); `retry_after` when it may come back."""
+
     status_code = 503
     title = "Service unavailable"
     slug = "unavailable"
+
+    def __init__(self, detail: str, retry_after: int | None = None, **extra: Any) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(detail, headers=headers, **extra)
 
 
 def problem_response(
@@ -124,12 +156,19 @@ def problem_response(
 
 
 def app_error_handler(_: Request, exc: AppError) -> Response[bytes]:
-    return problem_response(exc.status_code, exc.title, exc.detail, exc.slug, exc.extra)
+    return problem_response(exc.status_code, exc.title, exc.detail, exc.slug, exc.extra, exc.headers)
 
 
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
-_REGEX = re.compile(r"Expected `str` matching regex '.*'")
+_REGEX = re.compile(r"Expected `str` matching regex ('.*')")
+
+
+def _pattern_hint(match: re.Match[str]) -> str:
+    from app.wire import PATTERN_HINTS  # app.wire imports this module
+
+    hints = {repr(pattern): hint for pattern, hint in PATTERN_HINTS.items()}
+    return hints.get(match.group(1), "must not contain control characters, or has the wrong format")
 
 
 def field_error(message: str, default_field: str = "body") -> FieldError:
@@ -142,7 +181,7 @@ def field_error(message: str, default_field: str = "body") -> FieldError:
     named = _NAMED_FIELD.search(message)
     if named:  # the path points at the object; the message names the member
         field = f"{field}.{named.group(1)}" if field != default_field else named.group(1)
-    message = _REGEX.sub("must not contain control characters, or has the wrong format", message)
+    message = _REGEX.sub(_pattern_hint, message)
     return FieldError(re.sub(r"\[(\d+)\]", r".\1", field), message)
 
 
@@ -179,8 +218,24 @@ def http_exception_handler(request: Request, exc: HTTPException) -> Response[byt
     return problem_response(status, title, detail, slug, headers=exc.headers)
 
 
+OUTAGE_RETRY_AFTER_SECONDS = 5
+
+
+def outage(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 to answer when `exc` says a dependency (database, Redis) is down, else None."""
+    if is_database_outage(exc):
+        return ServiceUnavailable("The database is unavailable; try again shortly.", OUTAGE_RETRY_AFTER_SECONDS)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return ServiceUnavailable("Redis is unavailable; try again shortly.", OUTAGE_RETRY_AFTER_SECONDS)
+    return None
+
+
 def internal_error_handler(request: Request, exc: Exception) -> Response[bytes]:
-    """Anything unexpected: log it, never leak a stack trace."""
+    """Anything unexpected: a dependency that is down is a 503; the rest is logged, never a stack trace."""
+    unavailable = outage(exc)
+    if unavailable is not None:
+        log.warning("%s %s: %s (%s)", request.method, request.url.path, unavailable.detail, exc)
+        return app_error_handler(request, unavailable)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(500, "Internal server error", "Something went wrong on our side.", "internal")
 

@@ -6,6 +6,7 @@ from litestar import Controller, Request, Response, get
 from redis.asyncio import Redis
 
 from app.db.tables import User
+from app.errors import problem_response
 
 SCHEDULER_KEY_PATTERN = "rq:scheduler_instance:*"
 
@@ -45,10 +46,12 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/ready", operation_id="ready")
-    async def ready(self, request: Request) -> Response[dict[str, Any]]:
+    async def ready(self, request: Request) -> Response[Any]:
         redis: Redis = request.app.state.redis
         checks = {"database": await _database_ok(), "redis": await _redis_ok(redis)}
         checks["scheduler"] = checks["redis"] and await _scheduler_ok(redis)
-        ready = all(checks.values())
-        return Response({"status": "ready" if ready else "unavailable", "checks": checks},
-                        status_code=200 if ready else 503)
+        if all(checks.values()):
+            return Response({"status": "ready", "checks": checks})
+        down = ", ".join(name for name, ok in checks.items() if not ok)
+        return problem_response(503, "Service unavailable", f"Not ready: {down} unreachable.", "unavailable",
+                                {"checks": checks}, {"Retry-After": "5"})

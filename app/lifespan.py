@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app.accounts.services import ensure_admin
 from app.db.engine import close_engine, open_engine
 from app.effects import Effects
-from app.errors import Conflict
+from app.errors import AppError
 from app.realtime.bus import EventBus
 from app.realtime.hub import Hub
 from app.realtime.presence import REFRESH_SECONDS, Presence
@@ -46,6 +46,8 @@ def _on_control(hub: Hub) -> Callable[[dict[str, str]], None]:
     def handle(message: dict[str, str]) -> None:
         if "close_user" in message:
             hub.close_user(uuid.UUID(message["close_user"]), message.get("reason", "deactivated"))
+        if "drop_channel" in message:
+            hub.drop_channel(message["drop_channel"], message.get("keep_user", ""))
 
     return handle
 
@@ -68,7 +70,8 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
             raise RuntimeError("REDIS_URL is not set: run `bookwire up` for an embedded Redis, or set REDIS_URL.")
         await open_engine(engine)
         redis = redis_client(settings.redis_url)
-        hub = Hub(settings.sse_queue_size, settings.sse_heartbeat_seconds, app.state.metrics.latency)
+        hub = Hub(settings.sse_queue_size, settings.sse_heartbeat_seconds, app.state.metrics.latency,
+                  settings.max_streams_per_user)
         bus = EventBus(redis, settings.stream_retention)
         presence = Presence(redis, hub)
         jobs = JobQueue(SyncRedis.from_url(settings.redis_url, socket_connect_timeout=2))
@@ -83,8 +86,11 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
         try:
             await asyncio.wait_for(ready.wait(), timeout=10)
             if settings.admin_email and settings.admin_password:
-                with contextlib.suppress(Conflict):  # another API process bootstrapped it at the same moment
+                try:
                     await ensure_admin(settings.admin_email, settings.admin_password)
+                except AppError as refusal:  # the admin asked for cannot exist: do not serve without it
+                    log.error("ADMIN_EMAIL: %s", refusal.detail)
+                    raise
             yield
         finally:
             hub.close_all("shutdown")

@@ -1,4 +1,5 @@
-"""`GET /live`: a small page that follows the signed-in user's events in the browser.
+"""`GET /live`: a small page that follows the signed-in user's events in the browser; and `GET /`,
+which leads a browser to the API docs.
 
 It shows how a browser should use the stream: trade the access token for a stream token, open an
 `EventSource`, let it reconnect by itself (it sends `Last-Event-ID`), and after `stream.closing` or
@@ -9,6 +10,7 @@ from functools import cache
 from pathlib import Path
 
 from litestar import MediaType, get
+from litestar.response import Redirect
 
 _PAGE = Path(__file__).parent / "static" / "live.html"
 
@@ -16,6 +18,12 @@ _PAGE = Path(__file__).parent / "static" / "live.html"
 @cache
 def _page() -> str:
     return _PAGE.read_text()
+
+
+@get("/", include_in_schema=False, sync_to_thread=False)
+def home() -> Redirect:
+    """`/` leads to the interactive API docs (until there is a portal to lead to)."""
+    return Redirect("/schema", status_code=302)
 
 
 @get("/live", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -39,34 +39,46 @@ def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MAX_CURSOR_LENGTH = 200
+"""Longer than any cursor this API returns (about 100 characters): refused before decoding."""
+
+_UNREADABLE = "The cursor is not one this API returned; start again without `cursor`."
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The position a cursor names, or 400."""
+    """The position a cursor names (its time in UTC), or 400."""
     try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError(cursor)
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, row_id = msgspec.json.decode(raw, type=tuple[str, str])
-        position = datetime.fromisoformat(created_at), uuid.UUID(row_id)
-    except (binascii.Error, msgspec.DecodeError, ValueError, TypeError):
-        raise BadRequest("The cursor is not one this API returned; start again without `cursor`.",
-                         errors=[{"field": "cursor", "message": "unreadable cursor"}]) from None
-    if position[0].tzinfo is None:
-        raise BadRequest("The cursor is not one this API returned; start again without `cursor`.")
-    return position
+        at = datetime.fromisoformat(created_at)
+        if at.tzinfo is None:
+            raise ValueError(created_at)
+        # In UTC here, so that a time at the calendar's edge (year 9999 at -14:00) fails now as an
+        # unreadable cursor rather than later in the database driver as a 500.
+        return at.astimezone(UTC), uuid.UUID(row_id)
+    except (binascii.Error, msgspec.DecodeError, ValueError, TypeError, OverflowError):
+        raise BadRequest(_UNREADABLE, errors=[{"field": "cursor", "message": "unreadable cursor"}]) from None
 
 
 async def keyset_page(
-    query: Select, table: type[Table], limit: int, cursor: str | None, newest_first: bool = False
+    query: Select, table: type[Table], limit: int, cursor: str | None, newest_first: bool = False,
+    order_by: Any = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Run `query` (a select of whole rows) for one page after `cursor`; rows and the next cursor."""
-    created_at: Any = table.created_at  # type: ignore[attr-defined]
+    """Run `query` (a select of whole rows) for one page after `cursor`; rows and the next cursor.
+
+    Rows are ordered by `(order_by, id)`; `order_by` is a timestamp column, `created_at` by default."""
+    column: Any = order_by if order_by is not None else table.created_at  # type: ignore[attr-defined]
     row_id: Any = table.id  # type: ignore[attr-defined]
     if cursor:
         after_time, after_id = decode_cursor(cursor)
         if newest_first:
-            query = query.where((created_at < after_time) | ((created_at == after_time) & (row_id < after_id)))
+            query = query.where((column < after_time) | ((column == after_time) & (row_id < after_id)))
         else:
-            query = query.where((created_at > after_time) | ((created_at == after_time) & (row_id > after_id)))
-    rows = await query.order_by(created_at, row_id, ascending=not newest_first).limit(limit + 1)
+            query = query.where((column > after_time) | ((column == after_time) & (row_id > after_id)))
+    rows = await query.order_by(column, row_id, ascending=not newest_first).limit(limit + 1)
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    return rows, encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+    return rows, encode_cursor(rows[-1][column._meta.name], rows[-1]["id"])

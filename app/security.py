@@ -1,11 +1,17 @@
 """Tokens and passwords: JWT minting and verification pinned to one algorithm, argon2id hashing,
 and the `current_user` dependency every protected handler uses.
 
-Kinds of token, all signed with the configured key and carrying `iss`/`aud`:
-- access token: `sub` (user id), `role`, `exp`, `iat`; also accepted from an external identity
-  provider that signs with the same key and claims;
-- stream token: the same plus `token_use: "stream"`, 60 s, accepted only by the event endpoints;
+Kinds of token, all signed with the configured key and carrying `iss`/`aud`/`iat`/`exp`:
+- access token: `sub` (user id), `role`; also accepted from an external identity provider that
+  signs with the same key and claims; lives at most `MAX_USER_TOKEN_SECONDS` (or ACCESS_TOKEN_TTL);
+- stream token: the same plus `token_use: "stream"`, 60 s, accepted only by the event endpoints
+  (`GET /v1/events/stream`, `GET /v1/events/poll`);
 - service token: `scope` containing `events:publish`, accepted only by `POST /v1/events`.
+A token that claims to be two kinds at once is refused everywhere.
+
+A user's tokens die together: every token issued (`iat`) before the account's
+`tokens_valid_after` (set by a deactivation, a password change or a promotion) is refused. Tokens
+Bookwire mints carry `iat` to the millisecond, so a token minted right after such a change works.
 """
 
 from __future__ import annotations
@@ -64,6 +70,16 @@ class AuthUser(msgspec.Struct, frozen=True):
         return self.role == "admin"
 
 
+MAX_TOKEN_BYTES = 8192
+"""A JWT longer than this is refused before it is parsed (ours are ~300 bytes)."""
+MAX_USER_TOKEN_SECONDS = 24 * 3600
+"""The longest life (`exp - iat`) accepted for an access or stream token, unless ACCESS_TOKEN_TTL is longer."""
+MAX_SERVICE_TOKEN_SECONDS = 366 * 86400
+"""The longest life accepted for a service token."""
+
+TokenKind = Literal["access", "stream", "service"]
+
+
 class TokenCodec:
     """Mints and verifies JWTs with the one algorithm, issuer and audience configured."""
 
@@ -75,6 +91,11 @@ class TokenCodec:
         self.stream_ttl = settings.stream_token_ttl
         self._signing_key = settings.jwt_signing_key
         self._verifying_key = settings.jwt_verifying_key
+        self._max_life: dict[TokenKind, int] = {
+            "access": max(MAX_USER_TOKEN_SECONDS, self.access_ttl),
+            "stream": max(MAX_USER_TOKEN_SECONDS, self.stream_ttl),
+            "service": MAX_SERVICE_TOKEN_SECONDS,
+        }
 
     def ensure_can_mint(self) -> None:
         """503 when only a public key is configured (tokens then come from an identity provider)."""
@@ -84,11 +105,11 @@ class TokenCodec:
             )
 
     def mint(self, user_id: uuid.UUID, role: str, ttl: int, **claims: Any) -> str:
-        """A signed token for `user_id`."""
+        """A signed token for `user_id`, issued now (to the millisecond, see the module docstring)."""
         self.ensure_can_mint()
         assert self._signing_key is not None
-        now = int(time.time())
-        payload = {"sub": str(user_id), "role": role, "iat": now, "exp": now + ttl,
+        now = issued_now()
+        payload = {"sub": str(user_id), "role": role, "iat": now, "exp": int(now) + ttl,
                    "iss": self.issuer, "aud": self.audience, **claims}
         return jwt.encode(payload, self._signing_key, algorithm=self.algorithm)
 
@@ -99,7 +120,10 @@ class TokenCodec:
         return self.mint(user_id, role, self.stream_ttl, token_use=STREAM_TOKEN_USE)
 
     def decode(self, token: str) -> dict[str, Any]:
-        """Verified claims, or 401. Only the configured algorithm is accepted (never `none`)."""
+        """Verified claims, or 401. Only the configured algorithm is accepted (never `none`), and
+        the time claims must be numbers with a sane lifetime (PyJWT alone accepts `"exp": "123"`)."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthorized(f"The token is invalid: longer than {MAX_TOKEN_BYTES} bytes.")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -107,7 +131,7 @@ class TokenCodec:
                 algorithms=[self.algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": ["exp", "iat", "iss", "aud"]},
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The token has expired; sign in again.") from None
@@ -115,7 +139,24 @@ class TokenCodec:
             raise Unauthorized("The token is not valid yet.") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"The token is invalid: {exc}.") from None
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and not _is_number(claims[name]):
+                raise Unauthorized(f"The token is invalid: `{name}` must be a number of seconds.")
+        if not isinstance(claims["sub"], str):
+            raise Unauthorized("The token is invalid: `sub` must be a string.")
+        kind = token_kind(claims)
+        if claims["exp"] - claims["iat"] > self._max_life[kind]:
+            raise Unauthorized(f"The token is invalid: a {kind} token may live at most {self._max_life[kind]} s.")
         return claims
+
+
+def issued_now() -> float:
+    """The `iat` of a token minted now: seconds, to the millisecond (never after the real time)."""
+    return int(time.time() * 1000) / 1000
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
 
 
 def parse_bearer(header: str | None, how_to: str) -> str:
@@ -139,19 +180,38 @@ def is_service_token(claims: dict[str, Any]) -> bool:
     return PUBLISH_SCOPE in scopes
 
 
+def token_kind(claims: dict[str, Any]) -> TokenKind:
+    """Which kind of token these verified claims make; 401 for a token that claims to be two kinds
+    (a stream token with a publish scope) or an unknown `token_use`."""
+    use = claims.get("token_use")
+    if use is not None and use != STREAM_TOKEN_USE:
+        raise Unauthorized("The token is invalid: unknown `token_use`.")
+    service = is_service_token(claims)
+    if use == STREAM_TOKEN_USE and service:
+        raise Unauthorized("The token is invalid: a token is either a stream token or a service token, not both.")
+    return "stream" if use == STREAM_TOKEN_USE else "service" if service else "access"
+
+
 async def user_from_claims(claims: dict[str, Any]) -> AuthUser:
-    """The active user a token's `sub` names, or 401."""
+    """The active user a token's `sub` names, or 401; also 401 for a token issued before the
+    account's tokens were revoked (deactivation, password change, promotion)."""
+    subject = claims["sub"]
     try:
-        user_id = uuid.UUID(str(claims["sub"]))
-    except (KeyError, ValueError):
+        user_id = uuid.UUID(subject)
+    except (TypeError, ValueError):
         raise Unauthorized("The token's subject is not a user id.") from None
-    row = await User.select(User.id, User.role, User.email, User.name, User.active).where(
+    if str(user_id) != subject:  # one spelling per user: no braces, upper case or missing dashes
+        raise Unauthorized("The token's subject is not a user id in canonical form.")
+    row = await User.select(User.id, User.role, User.email, User.name, User.active, User.tokens_valid_after).where(
         User.id == user_id
     ).first()
     if row is None:
         raise Unauthorized("The token's user does not exist.")
     if not row["active"]:
         raise Unauthorized("This account is deactivated.")
+    valid_after = row["tokens_valid_after"]
+    if valid_after is not None and claims["iat"] < valid_after.timestamp():
+        raise Unauthorized("The token was revoked (the account changed since it was issued); sign in again.")
     return AuthUser(id=row["id"], role=row["role"], email=row["email"], name=row["name"])
 
 
@@ -171,8 +231,16 @@ async def current_user(request: ASGIConnection[Any, Any, Any, Any]) -> AuthUser:
 async def _authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> AuthUser:
     codec: TokenCodec = request.app.state.tokens
     claims = codec.decode(bearer_token(request))
-    if claims.get("token_use") == STREAM_TOKEN_USE:
+    kind = token_kind(claims)
+    if kind == "stream":
         raise Unauthorized("A stream token is only valid for /v1/events/stream and /v1/events/poll.")
-    if is_service_token(claims):
+    if kind == "service":
         raise PermissionDenied("Service tokens may only call POST /v1/events.")
     return await user_from_claims(claims)
+
+
+async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+    """Guard: 403 unless the caller is an admin (after the usual 401 for a missing or bad token)."""
+    user = await current_user(connection)
+    if not user.is_admin:
+        raise PermissionDenied("Only admins may do this.")

@@ -79,7 +79,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_heartbeat_seconds: int = 15
     sse_max_age: int = 1800
     sse_queue_size: int = 1000
+    max_streams_per_user: int = 20
+    """Event connections (streams and held long-polls) one user may have open in one API process."""
+    max_request_header_bytes: int = 32768
+    """Longest request line plus headers; a longer request head is answered 431 before it is parsed."""
     stream_retention: int = 7 * 86400
+    auth_rate_limit: tuple[int, int] = (60, 60)
+    """Requests per client address to `/v1/auth/…` and the window in seconds (`AUTH_RATE_LIMIT=60/1m`)."""
 
     @property
     def jwt_signing_key(self) -> str | None:
@@ -114,6 +120,17 @@ def _int(text: str, name: str, minimum: int = 0) -> int:
     if value < minimum:
         raise SettingsError(f"{name}={text!r}: must be at least {minimum}")
     return value
+
+
+def parse_rate(text: str, name: str) -> tuple[int, int]:
+    """`60/1m` -> (60, 60): a number of requests per duration."""
+    count, slash, window = text.partition("/")
+    if not slash:
+        raise SettingsError(f"{name}={text!r}: expected requests/duration, e.g. 60/1m")
+    limit, seconds = _int(count.strip(), name, 1), parse_duration(window, name)
+    if seconds < 1:
+        raise SettingsError(f"{name}={text!r}: the window must be at least 1 s")
+    return limit, seconds
 
 
 def _read_key(value: str, name: str, algorithm: str) -> str:
@@ -203,7 +220,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "sse_heartbeat_seconds": _int(get("SSE_HEARTBEAT_SECONDS") or "15", "SSE_HEARTBEAT_SECONDS", 1),
         "sse_max_age": parse_duration(get("SSE_MAX_AGE") or "30m", "SSE_MAX_AGE"),
         "sse_queue_size": _int(get("SSE_QUEUE_SIZE") or "1000", "SSE_QUEUE_SIZE", 1),
+        "max_streams_per_user": _int(get("MAX_STREAMS_PER_USER") or "20", "MAX_STREAMS_PER_USER", 1),
+        "max_request_header_bytes": _int(
+            get("MAX_REQUEST_HEADER_BYTES") or "32768", "MAX_REQUEST_HEADER_BYTES", 1024
+        ),
         "stream_retention": parse_duration(get("STREAM_RETENTION") or "7d", "STREAM_RETENTION"),
+        "auth_rate_limit": parse_rate(get("AUTH_RATE_LIMIT") or "60/1m", "AUTH_RATE_LIMIT"),
     }
     if bool(values["admin_email"]) != bool(values["admin_password"]):
         raise SettingsError("ADMIN_EMAIL and ADMIN_PASSWORD must be set together")

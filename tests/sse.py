@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -154,3 +156,40 @@ async def open_stream(url: str, headers: dict[str, str] | None = None) -> SSEStr
             stream.body = await stream._read_body_bytes()
         stream.close()
     return stream
+
+
+def open_stuck_stream(base_url: str, token: str) -> socket.socket:
+    """An SSE request on a socket with a tiny receive buffer, read up to the end of the headers only."""
+    parts = urlsplit(base_url)
+    assert parts.hostname is not None and parts.port is not None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, so the window stays small
+    sock.settimeout(5)
+    sock.connect((parts.hostname, parts.port))
+    request = (f"GET /v1/events/stream HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n"
+               f"Authorization: Bearer {token}\r\n\r\n")
+    sock.sendall(request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        byte = sock.recv(1)  # one at a time: nothing past the headers is consumed
+        assert byte, f"closed while reading headers: {head!r}"
+        head += byte
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bool, int]:
+    """Read everything the server sent; (closed by the server within `timeout`, bytes read)."""
+    sock.settimeout(0.5)
+    deadline, total = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True, total
+        if not chunk:
+            return True, total
+        total += len(chunk)
+    return False, total

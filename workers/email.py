@@ -1,28 +1,36 @@
 """Email: rendering with sandboxed Jinja2, and sending by SMTP or into the outbox folder.
 
 Templates are the defaults shipped in `workers/templates/` (`<key>.subject.j2`, `.txt.j2`,
-`.html.j2`) unless an admin stored an override. The sandbox refuses access to Python internals
-and `StrictUndefined` makes a missing variable an error, so a broken template is refused when it
-is saved (`check_template`) rather than when a customer should have been mailed.
+`.html.j2`) unless an admin stored an override. Rendering happens in `workers.sandbox`: another
+process, an immutable sandbox, bounded time and output; `StrictUndefined` makes a missing variable an
+error, so a broken template is refused when it is saved (`check_template`) rather than when a
+customer should have been mailed.
+
+A message goes to exactly one recipient: the SMTP envelope is given explicitly (never read from
+the headers), and an address that is not a plain `Email` (one stored before addresses were checked
+strictly) is `Undeliverable` at once.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime
-from functools import cache, lru_cache
+from email.utils import format_datetime, parseaddr
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from jinja2 import StrictUndefined, Template, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 
 from app.settings import Settings
+from app.wire import EMAIL_PATTERN
+from workers.sandbox import PARTS, TemplateProblem, render_pool
+
+__all__ = ["TemplateProblem"]  # re-exported: the API's template endpoints refuse with it
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +41,8 @@ TEMPLATE_KEYS = (
     "booking.rescheduled.customer", "booking.rescheduled.owner", "booking.completed.customer",
     "booking.expired.customer", "reminder.owner", "reminder.customer",
 )
-PARTS = ("subject", "text", "html")
 _SUFFIX = {"subject": "subject.j2", "text": "txt.j2", "html": "html.j2"}
+_PLAIN_ADDRESS = re.compile(EMAIL_PATTERN)
 
 # What every template may use; the preview fills it with these values unless given others.
 SAMPLE_CONTEXT: dict[str, Any] = {
@@ -55,13 +63,8 @@ SAMPLE_CONTEXT: dict[str, Any] = {
 }
 
 
-class TemplateProblem(ValueError):
-    """A template that does not compile or render; `part` is subject, text or html."""
-
-    def __init__(self, part: str, message: str) -> None:
-        super().__init__(f"{part}: {message}")
-        self.part = part
-        self.message = message
+class Undeliverable(ValueError):
+    """A recipient no message can go to (not a plain address, or a deactivated account): no retry helps."""
 
 
 class Rendered(msgspec.Struct):
@@ -71,30 +74,15 @@ class Rendered(msgspec.Struct):
 
 
 @cache
-def _environment(autoescape: bool) -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=True)
-
-
-@lru_cache(maxsize=256)
-def _compiled(source: str, autoescape: bool) -> Template:
-    """Compiling is most of a render's cost; an edited template is new source, hence a new entry."""
-    return _environment(autoescape).from_string(source)
-
-
-@cache
 def default_template(key: str) -> dict[str, str]:
     """The shipped subject, text and html of `key`."""
     return {part: (TEMPLATE_DIR / f"{key}.{_SUFFIX[part]}").read_text() for part in PARTS}
 
 
 def render(template: dict[str, str], context: dict[str, Any]) -> Rendered:
-    """Render the three parts; TemplateProblem names the part that failed."""
-    out: dict[str, str] = {}
-    for part in PARTS:
-        try:
-            out[part] = _compiled(template[part], part == "html").render(context)
-        except TemplateError as exc:  # includes SecurityError and UndefinedError
-            raise TemplateProblem(part, str(exc)) from None
+    """Render the three parts in the sandbox (blocking: from an event loop, call it in a thread);
+    TemplateProblem names the part that failed."""
+    out = render_pool().render(template, context)
     # A subject is one header line: a newline in it would let the template add headers.
     out["subject"] = " ".join(out["subject"].split())
     return Rendered(**out)
@@ -106,6 +94,12 @@ def check_template(template: dict[str, str]) -> None:
         if not template[part].strip() and part != "html":
             raise TemplateProblem(part, "must not be empty")
     render(template, SAMPLE_CONTEXT)
+
+
+def check_recipient(to_address: str) -> None:
+    """Undeliverable unless `to_address` is one plain address (the rule of `app.wire.Email`)."""
+    if len(to_address) > 254 or not _PLAIN_ADDRESS.match(to_address):
+        raise Undeliverable(f"{to_address[:300]!r} is not a single plain email address; not sent")
 
 
 def build_message(settings: Settings, to_address: str, rendered: Rendered, message_id: str) -> EmailMessage:
@@ -127,8 +121,12 @@ def new_message_id(delivery_id: str, settings: Settings) -> str:
     return f"<{delivery_id}@{domain}>"
 
 
-def deliver(settings: Settings, message: EmailMessage, delivery_id: str) -> None:
-    """Send by SMTP when SMTP_HOST is set, else write `$DATA_DIR/outbox/<delivery id>.eml`."""
+def deliver(settings: Settings, message: EmailMessage, delivery_id: str, to_address: str) -> None:
+    """Send by SMTP when SMTP_HOST is set, else write `$DATA_DIR/outbox/<delivery id>.eml`.
+
+    The envelope is `to_address` alone: `send_message` would otherwise take its recipients from the
+    To/Cc/Bcc headers, which must never be able to add one."""
+    check_recipient(to_address)
     if settings.smtp_host is None:
         outbox = settings.data_dir / "outbox"
         outbox.mkdir(parents=True, exist_ok=True)
@@ -143,5 +141,6 @@ def deliver(settings: Settings, message: EmailMessage, delivery_id: str) -> None
             smtp.starttls(context=ssl.create_default_context())
         if settings.smtp_username:
             smtp.login(settings.smtp_username, settings.smtp_password or "")
-        smtp.send_message(message)
+        smtp.send_message(message, from_addr=parseaddr(settings.smtp_from)[1] or settings.smtp_from,
+                          to_addrs=[to_address])
     log.info("email %s sent to %s through %s", message["Message-ID"], message["To"], settings.smtp_host)

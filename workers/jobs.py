@@ -18,7 +18,8 @@ from typing import Any
 import msgspec
 
 from app.bookings import services as bookings
-from app.db.tables import Booking, EmailDelivery, Notification, Reminder, Resource
+from app.bookings.events import describe
+from app.db.tables import Booking, EmailDelivery, Notification, Reminder, Resource, User
 from app.email.services import NewEmail, booking_context, effective_template, parties_of, queue_emails
 from app.errors import Conflict
 from app.metrics import STATS_KEY
@@ -27,7 +28,7 @@ from app.realtime.bus import CHANNEL_STREAM_PATTERN, GLOBAL_STREAM
 from app.realtime.events import role_channel, user_channel
 from app.reminders.services import to_reminder_read
 from workers import context
-from workers.email import TemplateProblem, build_message, deliver, render
+from workers.email import TemplateProblem, Undeliverable, build_message, check_recipient, deliver, render
 from workers.queues import EMAIL_QUEUE, REMINDERS_JOB_PREFIX, email_job_id, expiry_job_id
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,30 @@ def _count(name: str, amount: int = 1) -> None:
     context.current().jobs.connection.hincrby(STATS_KEY, name, amount)
 
 
+class RecipientDeactivated(Undeliverable):
+    """The delivery's recipient is a deactivated account: it ends `failed`, quietly (no alert)."""
+
+
 def _human(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     parts = [f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in ((hours, "hour"), (minutes, "minute"),
                                                                     (secs, "second")) if n]
     return " ".join(parts) or "0 seconds"
+
+
+def starts_in(remaining: float, offset_seconds: int) -> str:
+    """How long until a booking starts, as a reminder should say it.
+
+    A reminder runs a moment after its due time, so the exact time left reads "59 seconds" for a
+    1-minute reminder: on time (within a tenth of the offset, at least 2 s), it says its own offset.
+    Late (a worker was down), it says the time left rounded to a unit people use."""
+    if 0 <= offset_seconds - remaining <= max(2.0, offset_seconds / 10):
+        return _human(offset_seconds)
+    if remaining < 1:
+        return "a moment"
+    unit = 1 if remaining < 60 else 60 if remaining < 86400 else 3600
+    return _human(max(unit, round(remaining / unit) * unit))
 
 
 @context.job
@@ -59,8 +78,13 @@ async def send_email(delivery_id: str) -> None:
     if row is None:
         return  # sent, failed for good, or being sent by someone else right now
     try:
+        check_recipient(row["to_address"])  # a malformed address stored before addresses were checked
+        if await User.exists().where(User.email == row["to_address"].lower(), User.active == False):  # noqa: E712
+            raise RecipientDeactivated(f"{row['to_address']} belongs to a deactivated account; not sent")
+        # Blocks this worker's loop for at most the sandbox's time limit; nothing else runs on it meanwhile.
         rendered = render(await effective_template(row["template_key"]), msgspec.json.decode(row["context"]))
-        deliver(settings, build_message(settings, row["to_address"], rendered, row["message_id"]), delivery_id)
+        deliver(settings, build_message(settings, row["to_address"], rendered, row["message_id"]), delivery_id,
+                row["to_address"])
     except Exception as exc:  # SMTP refused or down, template broken since it was queued, ...
         await _failed_attempt(row, exc)
         return
@@ -91,9 +115,14 @@ async def _failed_attempt(row: dict[str, Any], exc: Exception) -> None:
     attempt = row["attempts"]
     error = f"{type(exc).__name__}: {exc}"[:2000]
     now = datetime.now(UTC)
-    give_up = attempt > len(intervals) or isinstance(exc, TemplateProblem)
+    # No retry can fix a broken template or a recipient that cannot or must not be mailed.
+    give_up = attempt > len(intervals) or isinstance(exc, TemplateProblem | Undeliverable)
     await EmailDelivery.update({"status": "failed" if give_up else "queued", "last_error": error,
                                 "updated_at": now, "claimed_until": None}).where(EmailDelivery.id == row["id"])
+    if isinstance(exc, RecipientDeactivated):
+        _count("emails_failed")
+        log.info("email %s not sent: %s", row["id"], error)  # by design: nothing for an admin to do
+        return
     if give_up:
         _count("emails_failed")
         log.error("email %s to %s failed for good after %d attempts: %s", row["id"], row["to_address"], attempt,
@@ -125,8 +154,10 @@ async def fire_due_reminders() -> None:
     if len(due) == REMINDER_BATCH:
         ctx.jobs.enqueue(fire_due_reminders, job_id=f"{REMINDERS_JOB_PREFIX}-more-{uuid.uuid4()}")
     confirmed = Booking.select(Booking.id).where(Booking.status == "confirmed")
+    deactivated = User.select(User.id).where(User.active == False)  # noqa: E712
     await Reminder.update({Reminder.status: "cancelled"}).where(
-        Reminder.id.is_in(due), Reminder.status == "scheduled", Reminder.booking_id.not_in(confirmed))
+        Reminder.id.is_in(due), Reminder.status == "scheduled",
+        Reminder.booking_id.not_in(confirmed) | Reminder.recipient_id.is_in(deactivated))
     fired = await Reminder.update({Reminder.status: "sent", Reminder.fired_at: now}).where(
         Reminder.id.is_in(due), Reminder.status == "scheduled", Reminder.booking_id.is_in(confirmed)
     ).returning(*Reminder.all_columns())  # a reminder another worker claimed a moment ago is not returned
@@ -147,14 +178,15 @@ async def _announce_reminders(fired: list[dict[str, Any]], now: datetime) -> Non
         booking = by_id[reminder["booking_id"]]
         resource, people = parties[booking.id]
         role = reminder["recipient_role"]
-        starts_in = _human(int((booking.starts_at - now).total_seconds()))
+        when = starts_in((booking.starts_at - now).total_seconds(), reminder["offset_seconds"])
         data = {"reminder": to_reminder_read(reminder), "booking": booking}
         announced.append((user_channel(reminder["recipient_id"]), data))
+        whose = "Your booking" if role == "customer" else f"{people['customer']['name']}'s booking"
         notifications.append(NewNotification(
             reminder["recipient_id"], "reminder.due", f"Reminder: {resource['name']}",
-            f"{resource['name']} starts in {starts_in}. Booking {booking.id}.", data))
+            f"{whose} of {describe(booking, resource)} starts in {when}. Booking {booking.id}.", data))
         email_context = booking_context(booking, resource, people, role, None, ctx.settings.app_url)
-        email_context["reminder"] = {"offset_seconds": reminder["offset_seconds"], "starts_in": starts_in}
+        email_context["reminder"] = {"offset_seconds": reminder["offset_seconds"], "starts_in": when}
         emails.append(NewEmail(f"reminder.{role}", people[role]["email"], email_context, booking.id))
     for channel, data in announced:
         await ctx.effects.bus.publish("reminder.due", [channel], data)

@@ -17,7 +17,7 @@ from app.accounts.schemas import (
     UserUpdate,
 )
 from app.pagination import DEFAULT_LIMIT, Limit, Page
-from app.security import AuthUser, TokenCodec, current_user
+from app.security import AuthUser, TokenCodec, admin_only, current_user
 
 
 def _tokens(request: Request) -> TokenCodec:
@@ -39,7 +39,7 @@ class AuthController(Controller):
 
     @post("/token", operation_id="issueToken", status_code=200)
     async def token(self, data: TokenRequest, request: Request) -> TokenResponse:
-        user = await services.authenticate(data.email, data.password)
+        user = await services.authenticate(data.email, data.password, request.app.state.redis)
         codec = _tokens(request)
         return TokenResponse(access_token=codec.access_token(user.id, user.role), expires_in=codec.access_ttl)
 
@@ -64,6 +64,7 @@ class UserController(Controller):
     path = "/v1/users"
     tags = ["users"]
     dependencies = {"user": Provide(current_user)}
+    guards = [admin_only]
 
     @get("/", operation_id="listUsers")
     async def list_users(
@@ -75,7 +76,6 @@ class UserController(Controller):
 
     @get("/{user_id:uuid}", operation_id="getUser")
     async def get_user(self, user: AuthUser, user_id: uuid.UUID) -> UserRead:
-        services.require_admin(user)
         return await services.get_user(user_id)
 
     @patch("/{user_id:uuid}", operation_id="updateUser")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.asyncio import Redis
+
 from app.accounts.schemas import UserRead, UserUpdate
+from app.accounts.throttle import check_sign_in_allowed, record_failed_sign_in
 from app.db.errors import is_unique_violation
 from app.db.tables import User
 from app.errors import Conflict, NotFound, PermissionDenied, Unauthorized, Unprocessable
 from app.pagination import keyset_page
 from app.realtime.bus import EventBus
-from app.security import AuthUser, hash_password, verify_password
+from app.security import AuthUser, hash_password, issued_now, verify_password
+from app.wire import EMAIL_PATTERN
 
 
 def to_user_read(row: dict[str, Any]) -> UserRead:
@@ -39,26 +44,58 @@ async def create_user(email: str, password: str, name: str, role: str) -> UserRe
     return to_user_read(row)
 
 
-async def authenticate(email: str, password: str) -> UserRead:
-    """The active user with these credentials, or 401 (the same answer for any wrong part)."""
-    row = await User.select().where(User.email == email.strip().lower()).first()
-    if not await verify_password(password, row["password_hash"] if row else None) or row is None:
-        raise Unauthorized("Wrong e-mail or password.")
-    if not row["active"]:
-        raise Unauthorized("This account is deactivated.")
+async def authenticate(email: str, password: str, redis: Redis) -> UserRead:
+    """The active user with these credentials, or 401 (the same answer for any wrong part), or 429
+    after too many failures for this e-mail. A deactivated account gets its own 401 whatever the
+    password, so the answer never tells whether a guessed password was right."""
+    email = email.strip().lower()
+    await check_sign_in_allowed(redis, email)
+    row = await User.select().where(User.email == email).first()
+    correct = await verify_password(password, row["password_hash"] if row else None)  # same cost either way
+    if row is None or not row["active"] or not correct:
+        await record_failed_sign_in(redis, email)
+        raise Unauthorized("This account is deactivated." if row is not None and not row["active"]
+                           else "Wrong e-mail or password.")
     return to_user_read(row)
 
 
+class AccountNotPromoted(Conflict):
+    """The admin e-mail belongs to an account someone registered as a customer or provider."""
+
+
 async def ensure_admin(email: str, password: str) -> UserRead:
-    """Make sure an active admin with this e-mail and password exists (bootstrap and CLI)."""
+    """Make sure an active admin with this e-mail and password exists (bootstrap and CLI).
+
+    An account someone registered is never promoted: its owner chose the password, and its old
+    tokens would become admin tokens. Resetting an existing admin's password revokes its tokens."""
     email = email.strip().lower()
-    row = await User.select(*_PUBLIC_COLUMNS).where(User.email == email).first()
+    if not re.search(EMAIL_PATTERN, email):  # the same rule as registration: one plain address
+        raise Unprocessable.field("email", f"{email!r} is not a single plain e-mail address such as admin@example.com")
+    row = await User.select(*_PUBLIC_COLUMNS, User.password_hash).where(User.email == email).first()
     if row is None:
-        return await create_user(email, password, "Administrator", "admin")
-    await User.update(
-        {User.role: "admin", User.active: True, User.password_hash: await hash_password(password)}
-    ).where(User.email == email)
-    return to_user_read({**row, "role": "admin", "active": True})
+        try:
+            return await create_user(email, password, "Administrator", "admin")
+        except Conflict:  # another process bootstrapped the same admin a moment ago
+            row = await User.select(*_PUBLIC_COLUMNS, User.password_hash).where(User.email == email).first()
+            assert row is not None
+    if row["role"] != "admin":
+        raise AccountNotPromoted(
+            f"{email} belongs to an account registered as a {row['role']}; Bookwire does not turn it into an "
+            "admin. Choose another e-mail for the admin (ADMIN_EMAIL or `bookwire create-admin --email`)."
+        )
+    changes: dict[Any, Any] = {}
+    if not row["active"]:
+        changes[User.active] = True
+    if not await verify_password(password, row["password_hash"]):
+        changes.update({User.password_hash: await hash_password(password), User.tokens_valid_after: revoked_now()})
+    if changes:
+        await User.update(changes).where(User.email == email)
+    return to_user_read({**row, "active": True})
+
+
+def revoked_now() -> datetime:
+    """A `tokens_valid_after` for now: every token issued before this millisecond stops working."""
+    return datetime.fromtimestamp(issued_now(), UTC)
 
 
 async def get_user(user_id: uuid.UUID) -> UserRead:
@@ -93,7 +130,10 @@ async def set_active(admin: AuthUser, user_id: uuid.UUID, active: bool, bus: Eve
     user = await get_user(user_id)
     if user_id == admin.id and not active:
         raise PermissionDenied("Admins cannot deactivate their own account.")
-    await User.update({User.active: active}).where(User.id == user_id)
+    changes: dict[Any, Any] = {User.active: active}
+    if not active:  # tokens issued until now must not work again after a reactivation
+        changes[User.tokens_valid_after] = revoked_now()
+    await User.update(changes).where(User.id == user_id)
     if not active:  # end the user's open streams on every API process
         await bus.publish_control({"close_user": str(user_id), "reason": "deactivated"})
     return to_user_read({**{f: getattr(user, f) for f in user.__struct_fields__}, "active": active})

@@ -6,10 +6,9 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import Provide
 
-from app.accounts.services import require_admin
 from app.idempotency import IdempotencyKey, run_once
 from app.realtime.events import BROADCAST, role_channel
-from app.security import AuthUser, current_user
+from app.security import AuthUser, admin_only, current_user
 from app.wire import FreeText, Name
 
 
@@ -35,12 +34,12 @@ class AdminController(Controller):
     path = "/v1/admin"
     tags = ["admin"]
     dependencies = {"user": Provide(current_user)}
+    guards = [admin_only]
 
     @post("/announcements", operation_id="announce", status_code=202)
     async def announce(
         self, user: AuthUser, data: AnnouncementCreate, request: Request, idempotency_key: IdempotencyKey = None
     ) -> AnnouncementRead:
-        require_admin(user)
         state: Any = request.app.state
         channel = BROADCAST if data.audience == "all" else role_channel(data.audience)
 
@@ -53,7 +52,6 @@ class AdminController(Controller):
 
     @get("/presence", operation_id="presence")
     async def presence(self, user: AuthUser, request: Request) -> Presence:
-        require_admin(user)
         snapshot = await request.app.state.presence.snapshot()
         return Presence(online=snapshot["online"], streams=snapshot["streams"])
 

@@ -52,12 +52,18 @@ class BookingController(Controller):
         return await services.update_booking(user, booking_id, data, effects)
 
     @get("/{booking_id:uuid}/reminders", operation_id="getBookingReminders")
-    async def booking_reminders(self, user: AuthUser, booking_id: uuid.UUID) -> list[ReminderRead]:
-        return await services.reminders(user, booking_id)
+    async def booking_reminders(
+        self, user: AuthUser, booking_id: uuid.UUID, limit: Limit = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[ReminderRead]:
+        items, next_cursor = await services.reminders(user, booking_id, limit, cursor)
+        return Page(items=items, next_cursor=next_cursor)
 
     @get("/{booking_id:uuid}/history", operation_id="getBookingHistory")
-    async def booking_history(self, user: AuthUser, booking_id: uuid.UUID) -> list[HistoryEntry]:
-        return await services.history(user, booking_id)
+    async def booking_history(
+        self, user: AuthUser, booking_id: uuid.UUID, limit: Limit = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[HistoryEntry]:
+        items, next_cursor = await services.history(user, booking_id, limit, cursor)
+        return Page(items=items, next_cursor=next_cursor)
 
     @post("/{booking_id:uuid}/confirm", operation_id="confirmBooking", status_code=200)
     async def confirm(

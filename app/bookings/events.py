@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 from app.bookings.schemas import BookingRead
 from app.bookings.seats import availability_of
-from app.db.tables import Resource
-from app.notifications.services import notify
+from app.db.tables import Resource, User
+from app.notifications.services import NewNotification, notify_each
 from app.realtime.bus import EventBus
 from app.realtime.events import resource_channel, role_channel, user_channel
 
@@ -25,18 +25,34 @@ log = logging.getLogger(__name__)
 
 Window = tuple[datetime, datetime]
 
-# event type -> (notification title, verb for the body)
-_NOTICES = {
-    "booking.created": ("New booking", "was requested"),
-    "booking.confirmed": ("Booking confirmed", "was confirmed"),
-    "booking.rejected": ("Booking rejected", "was rejected"),
-    "booking.cancelled": ("Booking cancelled", "was cancelled"),
-    "booking.rescheduled": ("Booking rescheduled", "was moved"),
-    "booking.updated": ("Booking updated", "was updated"),
-    "booking.checked_in": ("Checked in", "was checked in"),
-    "booking.completed": ("Booking completed", "was completed"),
-    "booking.expired": ("Booking expired", "expired without an answer"),
+# event type -> (title, body) of the in-app notification, worded for each recipient: the booking is
+# the customer's ("Your booking of …"); the owner reads who did what on their resource. `{booking}`
+# is `describe(…)`, `{customer}` the customer's name, `{by}` who acted when it was not the reader's
+# counterpart alone (" by the customer", " by the provider", " by an administrator").
+_CUSTOMER_NOTICES = {
+    "booking.created": ("New booking", "Your booking of {booking} was requested."),
+    "booking.confirmed": ("Booking confirmed", "Your booking of {booking} was confirmed."),
+    "booking.rejected": ("Booking rejected", "Your booking of {booking} was rejected."),
+    "booking.cancelled": ("Booking cancelled", "Your booking of {booking} was cancelled{by}."),
+    "booking.rescheduled": ("Booking rescheduled", "Your booking was moved to {booking}{by}."),
+    "booking.updated": ("Booking updated", "Your booking of {booking} was updated{by}."),
+    "booking.checked_in": ("Checked in", "You are checked in for {booking}."),
+    "booking.completed": ("Booking completed", "Your booking of {booking} is completed."),
+    "booking.expired": ("Booking expired", "Your request for {booking} expired without an answer."),
 }
+_OWNER_NOTICES = {
+    "booking.created": ("New booking request", "{customer} requested {booking}. Please confirm or reject it."),
+    "booking.confirmed": ("Booking confirmed", "{customer}'s booking of {booking} was confirmed{by}."),
+    "booking.rejected": ("Booking rejected", "{customer}'s booking of {booking} was rejected{by}."),
+    "booking.cancelled": ("Booking cancelled", "{customer}'s booking of {booking} was cancelled{by}."),
+    "booking.rescheduled": ("Booking rescheduled", "{customer}'s booking was moved to {booking}{by}."),
+    "booking.updated": ("Booking updated", "{customer}'s booking of {booking} was updated{by}."),
+    "booking.checked_in": ("Checked in", "{customer} is checked in for {booking}."),
+    "booking.completed": ("Booking completed", "{customer}'s booking of {booking} is completed."),
+    "booking.expired": ("Booking request expired", "{customer}'s request for {booking} expired without an answer."),
+}
+# A booking confirmed at once (`requires_confirmation: false`) asks nothing of its owner.
+_OWNER_INSTANT = ("New booking", "{customer} booked {booking}; it is confirmed.")
 
 
 def booking_channels(booking: BookingRead) -> list[str]:
@@ -65,13 +81,29 @@ async def booking_changed(
         for start, end in _merge(seat_windows):
             await bus.publish("resource.availability", [resource_channel(booking.resource_id)],
                               await availability_of(booking.resource_id, start, end))
-        resource = await _resource(booking.resource_id)
-        title, verb = _NOTICES[event_type]
-        body = f"Your booking of {describe(booking, resource)} {verb}. Booking {booking.id}."
-        recipients = [u for u in (booking.customer_id, booking.owner_id) if u != actor_id]
-        await notify(bus, recipients, event_type, title, body, booking)
+        await notify_each(bus, await _notices(booking, event_type, actor_id))
     except Exception:
         log.exception("could not announce %s for booking %s", event_type, booking.id)
+
+
+async def _notices(booking: BookingRead, event_type: str, actor_id: uuid.UUID | None) -> list[NewNotification]:
+    """The customer's and the owner's notification of a change, except for whoever made it."""
+    resource = await _resource(booking.resource_id)
+    customer = await User.select(User.name).where(User.id == booking.customer_id).first()
+    by = ("" if actor_id is None else " by the customer" if actor_id == booking.customer_id
+          else " by the provider" if actor_id == booking.owner_id else " by an administrator")
+    words = {"booking": describe(booking, resource), "customer": customer["name"] if customer else "A customer",
+             "by": by}
+    owner_notice = _OWNER_NOTICES[event_type]
+    if event_type == "booking.created" and booking.status == "confirmed":
+        owner_notice = _OWNER_INSTANT
+    notices: list[NewNotification] = []
+    for user_id, (title, body) in ((booking.customer_id, _CUSTOMER_NOTICES[event_type]),
+                                   (booking.owner_id, owner_notice)):
+        if user_id != actor_id and all(n.user_id != user_id for n in notices):
+            text = f"{body.format(**words)} Booking {booking.id}."
+            notices.append(NewNotification(user_id, event_type, title, text, booking))
+    return notices
 
 
 def _merge(windows: list[Window]) -> list[Window]:

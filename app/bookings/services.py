@@ -14,19 +14,23 @@ from app.bookings.follow_up import follow_up
 from app.bookings.schemas import BookingCreate, BookingRead, BookingUpdate, HistoryEntry
 from app.bookings.seats import availability_of, seat_holders
 from app.bookings.status import HOLDS_SEATS, TRANSITIONS, Transition, allowed_actions, may_take
-from app.db.tables import Booking, BookingHistory, Resource, User
+from app.db.tables import Booking, BookingHistory, Reminder, Resource, User
 from app.db.transactions import lock_row, write_transaction
 from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
 from app.pagination import keyset_page
 from app.reminders.schemas import ReminderRead
-from app.reminders.services import reminders_of
+from app.reminders.services import to_reminder_read
 from app.resources.schemas import Availability
 from app.resources.services import load_visible
 from app.security import AuthUser
 from app.wire import to_utc
 
 MAX_BOOKING_LENGTH = timedelta(days=30)
+MAX_BOOKING_AHEAD = timedelta(days=2 * 365)
+"""How far ahead a booking may start (new or rescheduled): its reminders, emails and availability
+windows then stay well inside the calendar (a booking in year 9999 used to be accepted, and then its
+follow-ups failed)."""
 MAX_AVAILABILITY_WINDOW = timedelta(days=93)
 
 
@@ -56,6 +60,8 @@ async def _load_visible_booking(user: AuthUser, booking_id: uuid.UUID) -> dict[s
 def _check_interval(starts_at: datetime, ends_at: datetime, now: datetime) -> None:
     if starts_at < now:
         raise Unprocessable.field("starts_at", "must not be in the past")
+    if starts_at > now + MAX_BOOKING_AHEAD:
+        raise Unprocessable.field("starts_at", "a booking may start at most 2 years (730 days) ahead")
     if ends_at <= starts_at:
         raise Unprocessable.field("ends_at", "must be after starts_at")
     if ends_at - starts_at > MAX_BOOKING_LENGTH:
@@ -101,8 +107,9 @@ async def _history(booking_id: uuid.UUID, action: str, actor_id: uuid.UUID | Non
 
 async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
     """The resource row if it may take bookings now, else 422 (the same answer whatever the reason)."""
-    resource = await Resource.select().where(
-        Resource.id == resource_id, Resource.deleted_at.is_null(), Resource.active == True  # noqa: E712
+    resource = await Resource.select(*Resource.all_columns()).where(
+        Resource.id == resource_id, Resource.deleted_at.is_null(), Resource.active == True,  # noqa: E712
+        Resource.owner_id.active == True,  # noqa: E712  # a deactivated provider takes no bookings
     ).first()
     if resource is None:
         raise Unprocessable.field("resource_id", "no active resource has this id")
@@ -161,18 +168,24 @@ async def list_bookings(
     return [to_booking_read(r) for r in rows], next_cursor
 
 
-async def reminders(user: AuthUser, booking_id: uuid.UUID) -> list[ReminderRead]:
-    """The reminders of a booking the caller may see, by due time."""
+async def reminders(
+    user: AuthUser, booking_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[ReminderRead], str | None]:
+    """One page of the reminders of a booking the caller may see, soonest due first."""
     await _load_visible_booking(user, booking_id)
-    return await reminders_of(booking_id)
+    query = Reminder.select().where(Reminder.booking_id == booking_id)
+    rows, next_cursor = await keyset_page(query, Reminder, limit, cursor, order_by=Reminder.due_at)
+    return [to_reminder_read(r) for r in rows], next_cursor
 
 
-async def history(user: AuthUser, booking_id: uuid.UUID) -> list[HistoryEntry]:
+async def history(
+    user: AuthUser, booking_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[HistoryEntry], str | None]:
+    """One page of the history of a booking the caller may see, oldest first (it starts with `create`)."""
     await _load_visible_booking(user, booking_id)
-    rows = await BookingHistory.select().where(BookingHistory.booking_id == booking_id).order_by(
-        BookingHistory.at
-    )
-    return [HistoryEntry(**{name: r[name] for name in HistoryEntry.__struct_fields__}) for r in rows]
+    query = BookingHistory.select().where(BookingHistory.booking_id == booking_id)
+    rows, next_cursor = await keyset_page(query, BookingHistory, limit, cursor, order_by=BookingHistory.at)
+    return [HistoryEntry(**{name: r[name] for name in HistoryEntry.__struct_fields__}) for r in rows], next_cursor
 
 
 async def _apply(row: dict[str, Any], transition: Transition, actor_id: uuid.UUID | None, reason: str | None,

@@ -27,6 +27,8 @@ class User(Table, tablename="users"):
     password_hash = Text()
     active = Boolean(default=True)
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    tokens_valid_after = Timestamptz(null=True, default=None)
+    """Tokens issued before this are refused (set by deactivation, password change, promotion)."""
 
 
 class Resource(Table, tablename="resources"):

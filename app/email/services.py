@@ -7,6 +7,9 @@ visible in `GET /v1/admin/emails`.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +22,7 @@ from app.bookings.schemas import BookingRead
 from app.db.tables import EmailDelivery, EmailTemplate, Resource, User
 from app.effects import Effects
 from app.email.schemas import DeliveryRead, TemplateRead, TemplateWrite
-from app.errors import NotFound, Unprocessable
+from app.errors import BadRequest, NotFound, Unprocessable
 from app.pagination import keyset_page
 from workers.email import (
     SAMPLE_CONTEXT,
@@ -84,7 +87,7 @@ async def parties_of(bookings: list[BookingRead]) -> dict[uuid.UUID, Parties]:
     """`booking_people` for many bookings in two queries."""
     resources = {r["id"]: r for r in await Resource.select(Resource.id, Resource.name, Resource.timezone).where(
         Resource.id.is_in(list({b.resource_id for b in bookings})))}
-    users = {u["id"]: u for u in await User.select(User.id, User.name, User.email).where(
+    users = {u["id"]: u for u in await User.select(User.id, User.name, User.email, User.active).where(
         User.id.is_in(list({u for b in bookings for u in (b.customer_id, b.owner_id)})))}
     return {b.id: (resources[b.resource_id], {"customer": users[b.customer_id], "owner": users[b.owner_id]})
             for b in bookings}
@@ -120,7 +123,7 @@ async def queue_emails(effects: Effects, emails: list[NewEmail]) -> list[uuid.UU
 
 
 async def queue_booking_emails(effects: Effects, booking: BookingRead, event_type: str, reason: str | None) -> None:
-    """The emails of one booking change, per the spec's list."""
+    """The emails of one booking change, per the spec's list; none to a deactivated account."""
     roles = RECIPIENTS.get(event_type, ())
     if not roles:
         return
@@ -128,7 +131,7 @@ async def queue_booking_emails(effects: Effects, booking: BookingRead, event_typ
     await queue_emails(effects, [
         NewEmail(f"{event_type}.{role}", people[role]["email"],
                  booking_context(booking, resource, people, role, reason, effects.settings.app_url), booking.id)
-        for role in roles
+        for role in roles if people[role]["active"]
     ])
 
 
@@ -146,17 +149,46 @@ async def effective_template(key: str) -> dict[str, str]:
     return {p: row[p] for p in ("subject", "text", "html")} if row else default_template(key)
 
 
-async def get_template(key: str) -> TemplateRead:
-    _check_key(key)
-    row = await EmailTemplate.select().where(EmailTemplate.key == key).first()
+def _to_template_read(key: str, row: dict[str, Any] | None) -> TemplateRead:
     if row is None:
         return TemplateRead(key=key, is_default=True, updated_at=None, **default_template(key))
     return TemplateRead(key=key, subject=row["subject"], text=row["text"], html=row["html"], is_default=False,
                         updated_at=row["updated_at"])
 
 
-async def list_templates() -> list[TemplateRead]:
-    return [await get_template(key) for key in TEMPLATE_KEYS]
+async def get_template(key: str) -> TemplateRead:
+    """The effective template of `key` (404 for a key that does not exist)."""
+    _check_key(key)
+    return _to_template_read(key, await EmailTemplate.select().where(EmailTemplate.key == key).first())
+
+
+def _template_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(f"template:{key}".encode()).decode().rstrip("=")
+
+
+def _after_template(cursor: str) -> int:
+    """The position in TEMPLATE_KEYS after the key `cursor` names, or 400."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    key = text.removeprefix("template:")
+    if not text.startswith("template:") or key not in TEMPLATE_KEYS:
+        raise BadRequest("The cursor is not one this API returned; start again without `cursor`.",
+                         errors=[{"field": "cursor", "message": "unreadable cursor"}])
+    return TEMPLATE_KEYS.index(key) + 1
+
+
+async def list_templates(limit: int, cursor: str | None) -> tuple[list[TemplateRead], str | None]:
+    """One page of the templates in their fixed order (the keys are a short fixed list, so the cursor
+    is simply the last key given)."""
+    start = _after_template(cursor) if cursor else 0
+    keys = list(TEMPLATE_KEYS[start:start + limit])
+    if not keys:
+        return [], None
+    rows = {row["key"]: row for row in await EmailTemplate.select().where(EmailTemplate.key.is_in(keys))}
+    items = [_to_template_read(key, rows.get(key)) for key in keys]
+    return items, _template_cursor(keys[-1]) if start + limit < len(TEMPLATE_KEYS) else None
 
 
 def _refuse(problem: TemplateProblem) -> Unprocessable:
@@ -168,7 +200,7 @@ async def put_template(key: str, data: TemplateWrite) -> TemplateRead:
     _check_key(key)
     template: dict[Any, Any] = {"subject": data.subject, "text": data.text, "html": data.html}
     try:
-        check_template(template)
+        await asyncio.to_thread(check_template, template)  # another process renders; this loop stays free
     except TemplateProblem as problem:
         raise _refuse(problem) from None
     now = datetime.now(UTC)
@@ -187,9 +219,9 @@ async def delete_template(key: str) -> None:
 async def preview_template(key: str, context: dict[str, Any] | None) -> dict[str, str]:
     """Render the effective template with the sample context, overridden by `context`."""
     _check_key(key)
-    merged = {**SAMPLE_CONTEXT, **(context or {})}
+    merged = {**SAMPLE_CONTEXT, **(context or {})}  # the sandbox renders a copy: a template cannot change these
     try:
-        rendered = render(await effective_template(key), merged)
+        rendered = await asyncio.to_thread(render, await effective_template(key), merged)
     except TemplateProblem as problem:
         raise _refuse(problem) from None
     return msgspec.structs.asdict(rendered)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from app.db.tables import Resource
+from app.db.tables import Resource, User
 from app.errors import PermissionDenied, Unauthorized
 from app.realtime.events import BROADCAST, is_channel, role_channel, user_channel
-from app.security import STREAM_TOKEN_USE, AuthUser, TokenCodec, is_service_token, parse_bearer, user_from_claims
+from app.security import AuthUser, TokenCodec, parse_bearer, token_kind, user_from_claims
 
 MAX_TOPICS = 50
 
@@ -30,20 +30,22 @@ class EventPrincipal:
 
 
 async def event_principal(codec: TokenCodec, authorization: str | None, query_token: str | None) -> EventPrincipal:
-    """Authenticate an event connection; 401 for a missing, forged or misplaced token."""
+    """Authenticate an event connection; 401 for a missing, forged or misplaced token, 403 for a
+    service token."""
     if query_token:
         claims = codec.decode(query_token)
-        if claims.get("token_use") != STREAM_TOKEN_USE:
+        if token_kind(claims) != "stream":
             raise Unauthorized("Only a stream token (POST /v1/auth/stream-token) may be sent in the URL.")
         return EventPrincipal(await user_from_claims(claims), None)
     claims = codec.decode(
         parse_bearer(authorization, "Send `Authorization: Bearer <token>` or `?access_token=<stream token>`.")
     )
-    if is_service_token(claims):
+    kind = token_kind(claims)
+    if kind == "service":
         raise PermissionDenied("Service tokens may only call POST /v1/events.")
     user = await user_from_claims(claims)
     # A stream token only has to be valid when the stream opens; an access token bounds the stream.
-    expires = None if claims.get("token_use") == STREAM_TOKEN_USE else float(claims["exp"])
+    expires = None if kind == "stream" else float(claims["exp"])
     return EventPrincipal(user, expires)
 
 
@@ -67,9 +69,21 @@ async def connection_channels(user: AuthUser, topics: str | None) -> list[str]:
         channels.append(topic)
     if resource_ids:
         rows: list[dict[str, Any]] = await Resource.select(Resource.id).where(
-            Resource.id.is_in(resource_ids), Resource.active == True, Resource.deleted_at.is_null()  # noqa: E712
+            Resource.id.is_in(resource_ids), Resource.active == True, Resource.deleted_at.is_null(),  # noqa: E712
+            Resource.owner_id.active == True,  # noqa: E712
         )
         missing = set(resource_ids) - {r["id"] for r in rows}
         if missing:
             raise PermissionDenied(f"resource:{sorted(missing)[0]} is not an active resource.")
     return list(dict.fromkeys(channels))
+
+
+async def still_active(user_id: uuid.UUID) -> bool:
+    """Whether the account is still active, read again once the connection is in the hub.
+
+    A deactivation closes open connections through a control message published after it commits;
+    a connection that checked its token before the commit but joined the hub after the message
+    went by would miss it. Reading the flag after joining closes that gap: either this read sees
+    the deactivation, or the message comes later and finds the connection."""
+    row: dict[str, Any] | None = await User.select(User.active).where(User.id == user_id).first()
+    return row is not None and bool(row["active"])

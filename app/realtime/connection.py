@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import socket
+import struct
 from typing import Any, Protocol
 
 from litestar.types import Receive
@@ -64,3 +67,18 @@ def write_now(cycle: ServerCycle, data: bytes) -> bool:
         return False
     cycle.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
     return True
+
+
+def abort(cycle: ServerCycle) -> None:
+    """Drop the connection at once, discarding whatever is still queued for the client.
+
+    For a subscriber too far behind: `transport.close()` would first flush the buffered frames
+    (megabytes in the kernel's send queue, kept until the client reads them all); a zero linger
+    makes the close a reset that frees them, and `abort` drops uvicorn's own buffer. Marking the
+    cycle disconnected (as uvicorn's `connection_lost` does) lets the ASGI callable end cleanly."""
+    sock = cycle.transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    cycle.transport.abort()
+    cycle.disconnected = True

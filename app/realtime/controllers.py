@@ -3,16 +3,39 @@
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
 from litestar.params import Parameter
 
-from app.errors import PermissionDenied, Unprocessable
+from app.errors import PermissionDenied, Unauthorized, Unprocessable
 from app.realtime import poll as long_poll
 from app.realtime.access import connection_channels, event_principal
 from app.realtime.events import is_channel
 from app.realtime.schemas import EventPublish, PollResult, PublishResult
-from app.security import bearer_token, is_service_token, user_from_claims
+from app.security import bearer_token, token_kind, user_from_claims
 
 RESERVED_PREFIXES = ("booking.", "resource.", "notification.", "reminder.", "stream.", "system.", "announcement")
+
+
+async def event_publisher(request: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """Dependency of `POST /v1/events`: who publishes (`service:<sub>` or `user:<id>` of an admin);
+    401 for a stream token, 403 for anyone else. Kept on the request: `validate_body` asks first."""
+    cached: str | None = request.state.get("publisher")
+    if cached is not None:
+        return cached
+    claims = request.app.state.tokens.decode(bearer_token(request))
+    kind = token_kind(claims)
+    if kind == "stream":
+        raise Unauthorized("A stream token is only valid for GET /v1/events/stream and /v1/events/poll.")
+    if kind == "service":
+        publisher = f"service:{claims['sub']}"
+    else:
+        user = await user_from_claims(claims)
+        if not user.is_admin:
+            raise PermissionDenied("Only admins and service tokens with the events:publish scope may publish.")
+        publisher = f"user:{user.id}"
+    request.state.publisher = publisher
+    return publisher
 
 
 class EventController(Controller):
@@ -21,7 +44,8 @@ class EventController(Controller):
 
     @get("/poll", operation_id="pollEvents")
     async def poll(
-        self, request: Request, cursor: Annotated[str | None, Parameter(max_length=40)] = None,
+        self, request: Request,
+        cursor: Annotated[str | None, Parameter(description="the last cursor received; unreadable: 400")] = None,
         timeout: Annotated[int, Parameter(ge=0, le=60)] = 25,
         topics: Annotated[str | None, Parameter(max_length=5000)] = None,
         access_token: Annotated[str | None, Parameter(description="a stream token")] = None,
@@ -32,13 +56,9 @@ class EventController(Controller):
         await state.presence.seen(principal.user.id, principal.user.role)
         return await long_poll.poll(state.bus, state.hub, state.presence, principal.user, channels, cursor, timeout)
 
-    @post("/", operation_id="publishEvent", status_code=202)
-    async def publish(self, request: Request, data: EventPublish) -> Response[PublishResult]:
+    @post("/", operation_id="publishEvent", status_code=202, dependencies={"publisher": Provide(event_publisher)})
+    async def publish(self, request: Request, publisher: str, data: EventPublish) -> Response[PublishResult]:
         state: Any = request.app.state
-        claims = state.tokens.decode(bearer_token(request))
-        if not is_service_token(claims):
-            if not (await user_from_claims(claims)).is_admin:
-                raise PermissionDenied("Only admins and service tokens with the events:publish scope may publish.")
         if data.type.startswith(RESERVED_PREFIXES):
             raise Unprocessable.field("type", f"must not start with a reserved prefix ({', '.join(RESERVED_PREFIXES)})")
         for index, channel in enumerate(data.channels):
@@ -46,5 +66,7 @@ class EventController(Controller):
                 raise Unprocessable.field(
                     f"channels.{index}", "must be broadcast, role:<role>, user:<id> or resource:<id>"
                 )
-        event_id, deduplicated = await state.bus.publish(data.type, data.channels, data.data, data.dedup_key)
+        # A dedup key is the publisher's own: one integrator cannot suppress another's events.
+        dedup_key = f"{publisher}\n{data.dedup_key}" if data.dedup_key is not None else None
+        event_id, deduplicated = await state.bus.publish(data.type, data.channels, data.data, dedup_key)
         return Response(PublishResult(event_id, deduplicated), status_code=200 if deduplicated else 202)

@@ -5,7 +5,8 @@ envelope `{"id", "type", "channel", "occurred_at", "data"}` where `channel` is t
 event's channels that the connection reads. `data` stays pre-encoded JSON end to end, so fanning an
 event out to many connections costs a byte concatenation per distinct channel, not an encode per
 connection. msgspec escapes every control character inside JSON strings, so user text can never
-add a line, field or event to an SSE frame; `type` is checked by `EVENT_TYPE` before it is published.
+add a line, field or event to an SSE frame; an integrator's `type` is checked by its schema
+(app/realtime/schemas.py, no newline can pass) and Bookwire's own types are constants.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import msgspec
 
 ROLES = ("customer", "provider", "admin")
 BROADCAST = "broadcast"
-EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 EVENT_ID = re.compile(r"^(\d{1,15})-(\d{1,15})$")
 _ROLE_CHANNEL = re.compile(r"^role:(customer|provider|admin)$")
 _ID_CHANNEL = re.compile(r"^(user|resource):([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
@@ -41,12 +41,13 @@ def resource_channel(resource_id: uuid.UUID | str) -> str:
 
 def is_channel(name: str) -> bool:
     """True for `broadcast`, `role:<role>`, `user:<uuid>` or `resource:<uuid>` (lower-case uuid)."""
-    return name == BROADCAST or bool(_ROLE_CHANNEL.match(name) or _ID_CHANNEL.match(name))
+    # fullmatch: `$` alone would also match before a final newline ("role:customer\n")
+    return name == BROADCAST or bool(_ROLE_CHANNEL.fullmatch(name) or _ID_CHANNEL.fullmatch(name))
 
 
 def parse_event_id(text: str) -> tuple[int, int] | None:
     """`(milliseconds, sequence)` of a Redis stream id such as `1700000000000-3`, or None."""
-    match = EVENT_ID.match(text)
+    match = EVENT_ID.fullmatch(text)
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 

@@ -17,17 +17,31 @@ second instead of all in one tick.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import time
 import uuid
 
 from prometheus_client import Histogram
 
-from app.realtime.connection import ServerCycle, write_now
+from app.errors import TooManyRequests
+from app.realtime.connection import ServerCycle, abort, write_now
 from app.realtime.events import Event, user_channel
 
 HEARTBEAT_FRAME = b": ping\n\n"
 TICK_SECONDS = 1.0
+LIMIT_RETRY_AFTER_SECONDS = 10  # a refused connection: by then the client has usually closed another
+CLOSED_USER_MEMORY_SECONDS = 60.0  # far longer than a connection takes from its account check to the hub
+TRIM_AFTER_CLOSED = 500
+
+
+def release_free_memory() -> None:
+    """`malloc_trim(0)`: return the free pages of glibc's heaps to the OS (a no-op elsewhere)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc (musl, macOS): nothing to do
+        return
+    trim(0)
 
 
 class Subscriber:
@@ -113,8 +127,10 @@ class Hub:
     into `_by_channel`. At 10,000 streams of 10,000 users that saves a set per stream; a user's
     few connections sit in a list."""
 
-    def __init__(self, queue_size: int, heartbeat_seconds: float, latency: Histogram | None = None) -> None:
+    def __init__(self, queue_size: int, heartbeat_seconds: float, latency: Histogram | None = None,
+                 max_per_user: int | None = None) -> None:
         self.queue_size = queue_size
+        self.max_per_user = max_per_user  # open connections per user in this process (None: no limit)
         self.heartbeat_seconds = heartbeat_seconds
         self.latency = latency
         self._buckets = max(round(heartbeat_seconds / TICK_SECONDS), 1)
@@ -122,17 +138,33 @@ class Hub:
         self._ticks = 0
         self._by_channel: dict[str, set[Subscriber]] = {}
         self._by_user: dict[str, list[Subscriber]] = {}  # by the user's own channel name
+        self._open: dict[str, int] = {}  # connections by transport
+        self._closed_users: dict[str, float] = {}  # user channel -> when close_user last ran for it
+        self._peak = 0  # most connections open since the heap was last trimmed
         self.delivered = 0
         self.overflowed = 0
 
     def __len__(self) -> int:
-        return sum(len(subs) for subs in self._by_user.values())
+        return sum(self._open.values())
 
     def add(self, sub: Subscriber) -> None:
-        sub.beat = next(self._next_bucket)
+        """Register a connection; 429 when its user already has `max_per_user` open here.
+
+        Per process, not per cluster: counting across processes would cost a Redis round trip
+        per connect and per close. Check and registration are one synchronous step, so concurrent
+        connects cannot both pass the check."""
         own, *others = sub.channels
         assert own == user_channel(sub.user_id), "a connection's first channel is its user's own"
+        mine = self._by_user.get(own)
+        if self.max_per_user is not None and mine is not None and len(mine) >= self.max_per_user:
+            raise TooManyRequests(
+                f"This user already has {len(mine)} event connections (streams and held long-polls) open on "
+                f"this server, the most allowed (MAX_STREAMS_PER_USER); close one, or retry later.",
+                LIMIT_RETRY_AFTER_SECONDS,
+            )
+        sub.beat = next(self._next_bucket)
         self._by_user.setdefault(own, []).append(sub)
+        self._open[sub.transport] = self._open.get(sub.transport, 0) + 1
         for channel in others:
             self._by_channel.setdefault(channel, set()).add(sub)
 
@@ -141,6 +173,7 @@ class Hub:
         subs = self._by_user.get(own)
         if subs is not None and sub in subs:
             subs.remove(sub)
+            self._open[sub.transport] -= 1
             if not subs:
                 del self._by_user[own]
         for channel in others:
@@ -151,7 +184,8 @@ class Hub:
                     del self._by_channel[channel]
 
     def count(self, transport: str) -> int:
-        return sum(1 for subs in self._by_user.values() for s in subs if s.transport == transport)
+        """Open connections of `transport` ("sse" or "poll") in this process."""
+        return self._open.get(transport, 0)
 
     def users_online(self) -> dict[str, set[str]]:
         """Ids (text) of the users with at least one open connection here, by role."""
@@ -186,17 +220,46 @@ class Hub:
                 self.delivered += 1
 
     def _overflow(self, sub: Subscriber) -> None:
-        """Too far behind: drop it (it reconnects and replays) rather than buffer without bound."""
+        """Too far behind: drop it (it reconnects and replays) rather than buffer without bound.
+
+        Its socket is closed now, with what is queued for it discarded (not flushed first), so a
+        client that reads nothing holds no server memory and gets no stale backlog later."""
         self.overflowed += 1
         self.remove(sub)
         sub.frames.clear()
         sub.close("")
+        if sub.cycle is not None:
+            abort(sub.cycle)
         if sub.task is not None:
             sub.task.cancel()  # its writer may be stuck waiting for the socket to drain
 
     def close_user(self, user_id: uuid.UUID, reason: str) -> None:
-        for sub in list(self._by_user.get(user_channel(user_id), ())):
+        """End every connection of `user_id` here (deactivation), and remember it for a while."""
+        own = user_channel(user_id)
+        self._closed_users[own] = time.monotonic()
+        for sub in list(self._by_user.get(own, ())):
             sub.close(reason)
+
+    def recently_closed(self, user_id: uuid.UUID) -> bool:
+        """Whether `close_user` ran for `user_id` within the last `CLOSED_USER_MEMORY_SECONDS`.
+
+        A connection that passed its account check just before a deactivation committed can join
+        the hub just after the close went by: it then re-reads the account (access.still_active).
+        Only then: a database read per connect cost a SQLite connection each (2,000 concurrent
+        connects peaked at 440 MB instead of 215 MB)."""
+        return user_channel(user_id) in self._closed_users
+
+    def drop_channel(self, channel: str, keep_user: str) -> None:
+        """Stop delivering `channel` to everyone but admins and the user `keep_user` (a resource that
+        became inactive or was deleted: its other followers may no longer read it). Their streams go
+        on with their other channels; a reconnect asking for it again is refused."""
+        asked = self._by_channel.get(channel)
+        for sub in list(asked or ()):
+            if sub.role != "admin" and str(sub.user_id) != keep_user:
+                asked.discard(sub)  # type: ignore[union-attr]
+                sub.channels = [c for c in sub.channels if c != channel]
+        if asked is not None and not asked:
+            del self._by_channel[channel]
 
     def close_all(self, reason: str) -> None:
         for subs in list(self._by_user.values()):
@@ -209,6 +272,10 @@ class Hub:
         flag: no clock per send)."""
         bucket = self._ticks % self._buckets
         self._ticks += 1
+        if self._closed_users:
+            forget = now - CLOSED_USER_MEMORY_SECONDS
+            self._closed_users = {own: at for own, at in self._closed_users.items() if at > forget}
+        self._trim_after_mass_close()
         for subs in self._by_user.values():
             for sub in subs:
                 if sub.cycle is not None and sub.cycle.disconnected:
@@ -219,6 +286,20 @@ class Hub:
                     if not sub.wrote:
                         sub.push(None, HEARTBEAT_FRAME)
                     sub.wrote = False
+
+    def _trim_after_mass_close(self) -> None:
+        """Give freed heap back to the OS once many connections have closed.
+
+        Measured: 2,000 streams opened at once and then closed left the API process at 200-440 MB
+        (from 87 MB) with no object kept (no Subscriber, no uvicorn cycle left): glibc keeps freed
+        memory in its per-thread arenas. `malloc_trim(0)` brought it back to 140 MB in 15-50 ms.
+        So trim when the open count has fallen by `TRIM_AFTER_CLOSED` since its last peak."""
+        open_now = len(self)
+        if open_now > self._peak:
+            self._peak = open_now
+        elif self._peak - open_now >= TRIM_AFTER_CLOSED:
+            self._peak = open_now
+            release_free_memory()
 
     async def run_ticker(self) -> None:
         while True:

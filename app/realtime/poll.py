@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from app.errors import BadRequest
+from app.realtime.access import still_active
 from app.realtime.bus import EventBus
 from app.realtime.events import Envelope, Event, control_envelope, parse_event_id
 from app.realtime.hub import Hub, Subscriber
@@ -38,9 +39,11 @@ async def poll(bus: EventBus, hub: Hub, presence: Presence, user: AuthUser, chan
     if events or timeout == 0:
         return PollResult(events=_envelopes(events, channels), cursor=events[-1].id if events else cursor)
     sub = Subscriber(user.id, user.role, channels, "poll")
-    hub.add(sub)  # before reading again, so nothing published in between is missed
-    await presence.opened("poll", user.id, user.role)
+    hub.add(sub)  # before reading again, so nothing published in between is missed; 429 over the limit
     try:
+        await presence.opened("poll", user.id, user.role)
+        if hub.recently_closed(user.id) and not await still_active(user.id):
+            sub.close("deactivated")  # deactivated while this poll was starting: do not hold it
         events = await bus.read_after(channels, cursor, POLL_BATCH)
         if not events:
             try:

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 import msgspec
 
 from app.realtime.events import Envelope
+from app.wire import END, NO_CONTROLS
 
-EventType = Annotated[str, msgspec.Meta(max_length=100, pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")]
+EventType = Annotated[str, msgspec.Meta(max_length=100, pattern=rf"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+{END}")]
 Channel = Annotated[str, msgspec.Meta(max_length=100)]
-DedupKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+DedupKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_CONTROLS)]
 
 
 class EventPublish(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 from litestar import Litestar
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import PROBLEM_MEDIA_TYPE, AppError, problem_response
+from app.errors import PROBLEM_MEDIA_TYPE, AppError, outage, problem_response
 from app.metrics import Metrics
-from app.realtime.access import connection_channels, event_principal
+from app.realtime.access import connection_channels, event_principal, still_active
 from app.realtime.bus import EventBus, id_key
 from app.realtime.connection import server_cycle, slim
 from app.realtime.events import control_envelope, control_frame
 from app.realtime.hub import Hub, Subscriber
 from app.realtime.presence import Presence
+from app.validation import refuse_unknown_query
+
+log = logging.getLogger(__name__)
 
 STREAM_PATH = "/v1/events/stream"
 RETRY_MILLISECONDS = 3000
@@ -108,6 +112,8 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
     principal = await event_principal(state.tokens, headers.get("authorization"), query.get("access_token"))
+    refuse_unknown_query(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True),
+                         ("access_token", "last_event_id", "topics"))  # like every route: 422, after 401
     channels = await connection_channels(principal.user, query.get("topics"))
     last_event_id = headers.get("last-event-id") or query.get("last_event_id")
     del headers, query  # this frame lives as long as the stream: keep only what it needs
@@ -123,6 +129,11 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
     hub.add(sub)
     watcher = asyncio.ensure_future(_watch_disconnect(receive, sub)) if sub.cycle is None else None
     try:
+        try:
+            if hub.recently_closed(sub.user_id) and not await still_active(sub.user_id):
+                sub.close("deactivated")  # deactivated while this stream was opening (see Hub.recently_closed)
+        except Exception as exc:  # the token was just checked; a later deactivation still reaches the hub
+            log.warning("could not re-check the account of a new stream: %s", exc)
         with contextlib.suppress(Exception):  # presence is best effort; the stream is what matters
             await presence.opened("sse", sub.user_id, sub.role)
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
@@ -130,8 +141,8 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
         after = await replay(state.bus, sub, last_event_id, send) if last_event_id else None
         await write_stream(sub, send, after)
     except asyncio.CancelledError:
-        # The hub dropped a subscriber that fell too far behind (or the server is stopping):
-        # returning closes the socket; the client reconnects with its last id and replays.
+        # The hub dropped a subscriber that fell too far behind (and, under uvicorn, already
+        # reset its socket), or the server is stopping; the client reconnects with its last id.
         if sub.closing is None:
             raise
     finally:
@@ -162,17 +173,22 @@ def with_event_stream(app: Litestar) -> ASGIApp:
             return
         try:
             await serve_stream(app, scope, receive, send)
-        except AppError as exc:
-            await _send_problem(send, exc.status_code, exc.title, exc.detail, exc.slug, exc.extra)
+        except Exception as exc:  # refused before the stream started: the API's problem documents
+            error = exc if isinstance(exc, AppError) else outage(exc)  # a database outage is a 503
+            if error is None:
+                raise
+            await _send_problem(send, error.status_code, error.title, error.detail, error.slug, error.extra,
+                                error.headers)
 
     return asgi
 
 
 async def _send_problem(send: Send, status: int, title: str, detail: str, slug: str,
-                        extra: dict[str, Any] | None = None) -> None:
+                        extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
     """Refuse a stream before it starts, with the same problem document the rest of the API sends."""
     response = problem_response(status, title, detail, slug, extra)
     body = response.content if isinstance(response.content, bytes) else b""
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -79,8 +79,3 @@ async def plan_deadline(effects: Effects, booking: BookingRead, event_type: str)
                               expire_booking, str(booking.id), job_id=expiry_job_id(booking.id))
     elif event_type in LEAVE_PENDING_ON:  # answered in time: no expiry job any more
         await effects.run(effects.jobs.cancel, expiry_job_id(booking.id))
-
-
-async def reminders_of(booking_id: uuid.UUID) -> list[ReminderRead]:
-    rows = await Reminder.select().where(Reminder.booking_id == booking_id).order_by(Reminder.due_at)
-    return [to_reminder_read(r) for r in rows]

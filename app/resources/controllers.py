@@ -15,6 +15,7 @@ from app.realtime.bus import EventBus, provide_bus
 from app.resources import services
 from app.resources.schemas import Availability, ResourceCreate, ResourceRead, ResourceUpdate
 from app.security import AuthUser, current_user
+from app.wire import NO_CONTROLS
 
 
 class ResourceController(Controller):
@@ -33,7 +34,7 @@ class ResourceController(Controller):
     @get("/", operation_id="listResources")
     async def list_resources(
         self, user: AuthUser, owner_id: uuid.UUID | None = None,
-        kind: Annotated[str | None, Parameter(max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")] = None,
+        kind: Annotated[str | None, Parameter(max_length=100, pattern=NO_CONTROLS)] = None,
         limit: Limit = DEFAULT_LIMIT, cursor: str | None = None,
     ) -> Page[ResourceRead]:
         items, next_cursor = await services.list_resources(user, owner_id, kind, limit, cursor)

@@ -31,3 +31,10 @@ async def resource_changed(bus: EventBus, resource: ResourceRead, event_types: l
             await bus.publish(event_type, channels, resource)
         except Exception:
             log.exception("could not publish %s for resource %s", event_type, resource.id)
+    if was_active and not resource.active:  # after its last event: only the owner and admins follow it now
+        try:
+            await bus.publish_control(
+                {"drop_channel": resource_channel(resource.id), "keep_user": str(resource.owner_id)}
+            )
+        except Exception:
+            log.exception("could not stop delivering the events of resource %s", resource.id)

@@ -43,9 +43,16 @@ def can_manage(user: AuthUser, row: dict[str, Any]) -> bool:
 
 
 async def load_visible(user: AuthUser, resource_id: uuid.UUID) -> dict[str, Any]:
-    """The resource row, or 404 when it is deleted, or inactive and not the caller's to manage."""
-    row = await Resource.select().where(Resource.id == resource_id, Resource.deleted_at.is_null()).first()
-    if row is None or (not row["active"] and not can_manage(user, row)):
+    """The resource row, or 404 when it is deleted, or not offered (inactive, or its owner
+    deactivated) and not the caller's to manage."""
+    owner_active: Any = Resource.owner_id.active
+    row = await Resource.select(*Resource.all_columns(), owner_active.as_alias("owner_active")).where(
+        Resource.id == resource_id, Resource.deleted_at.is_null()
+    ).first()
+    if row is None:
+        raise NotFound("No resource with this id.")
+    offered = row.pop("owner_active") and row["active"]
+    if not offered and not can_manage(user, row):
         raise NotFound("No resource with this id.")
     return row
 
@@ -89,10 +96,11 @@ async def get_resource(user: AuthUser, resource_id: uuid.UUID) -> ResourceRead:
 async def list_resources(
     user: AuthUser, owner_id: uuid.UUID | None, kind: str | None, limit: int, cursor: str | None
 ) -> tuple[list[ResourceRead], str | None]:
-    """Active resources for everyone; a provider also sees their inactive ones, an admin all."""
-    query = Resource.select().where(Resource.deleted_at.is_null())
-    if not user.is_admin:
-        query = query.where((Resource.active == True) | (Resource.owner_id == user.id))  # noqa: E712
+    """Offered resources for everyone; a provider also sees their inactive ones, an admin all."""
+    query = Resource.select(*Resource.all_columns()).where(Resource.deleted_at.is_null())
+    if not user.is_admin:  # offered: active, and its owner's account too
+        offered = (Resource.active == True) & (Resource.owner_id.active == True)  # noqa: E712
+        query = query.where(offered | (Resource.owner_id == user.id))
     if owner_id is not None:
         query = query.where(Resource.owner_id == owner_id)
     if kind is not None:

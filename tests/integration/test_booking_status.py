@@ -158,7 +158,7 @@ def booking_in(cast: Cast, status: str, **resource_fields: Any) -> Story:
 def history_of(story: Story, by: Actor | None = None) -> list[Json]:
     answer = (by or story.cast.owner).http.get(f"/v1/bookings/{story.id}/history")
     assert answer.status_code == 200, answer.text
-    entries: list[Json] = answer.json()
+    entries: list[Json] = answer.json()["items"]
     for entry in entries:
         assert {"id", "action", "actor_id", "from_status", "to_status", "reason", "at"} <= entry.keys(), entry
     return entries
@@ -284,7 +284,7 @@ def test_admin_books_for_a_customer(cast: Cast) -> None:
     assert (booking["customer_id"], booking["owner_id"]) == (cast.customer.id, cast.owner.id)
     seen = cast.customer.http.get(f"/v1/bookings/{booking['id']}")
     assert seen.status_code == 200 and seen.json()["customer_id"] == cast.customer.id, seen.text
-    entries = cast.customer.http.get(f"/v1/bookings/{booking['id']}/history").json()
+    entries = cast.customer.http.get(f"/v1/bookings/{booking['id']}/history").json()["items"]
     assert essentials(entries) == [history_entry("create", cast.admin, None, "pending", None)]
 
 
@@ -296,7 +296,7 @@ def test_resource_without_confirmation_confirms_at_once(cast: Cast, creator: str
     booking = make_booking(actor(cast, creator), resource["id"], **extra)
 
     assert booking["status"] == "confirmed" and booking["version"] == 1
-    entries = cast.owner.http.get(f"/v1/bookings/{booking['id']}/history").json()
+    entries = cast.owner.http.get(f"/v1/bookings/{booking['id']}/history").json()["items"]
     assert essentials(entries) == [history_entry("create", actor(cast, creator), None, "confirmed", None)]
 
 

@@ -34,6 +34,22 @@ def _redis_port(data_dir: Path) -> int:
     return int(found.group(1))
 
 
+def _check_printed_addresses(log_path: Path, base: str) -> None:
+    """Every address `up` printed answers 200 (`/` by way of a redirect to the docs), and the
+    start-up says things once: one line for the migrations, no engine banner from each process."""
+    log = log_path.read_text()
+    urls = {url.rstrip(".,;)") for url in re.findall(r"http://[^\s]+", log)}
+    assert {f"{base}/schema", f"{base}/schema/openapi.json", f"{base}/live", f"{base}/health"} <= urls, log
+    for url in urls:
+        answer = httpx.get(url, timeout=5, follow_redirects=True)
+        assert answer.status_code == 200, f"{url} printed by `up` answers {answer.status_code}"
+    home = httpx.get(base, timeout=5, follow_redirects=True)
+    assert home.history and home.history[0].status_code in (302, 307), home.history
+    assert home.headers["content-type"].startswith("text/html")
+    assert "Running Sqlite version" not in log and "already complete" not in log, log
+    assert re.search(r"^Database sqlite:///\S+: applied \d+ migrations$", log, re.MULTILINE), log
+
+
 def test_up_starts_everything_and_a_restart_keeps_state(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
     port = free_port()
@@ -46,6 +62,7 @@ def test_up_starts_everything_and_a_restart_keeps_state(tmp_path: Path) -> None:
                 break
             ready = httpx.get(f"{base}/ready", timeout=5)
         assert ready.json()["checks"] == {"database": True, "redis": True, "scheduler": True}
+        _check_printed_addresses(data_dir.parent / f"up-{port}.log", base)
         token = httpx.post(f"{base}/v1/auth/token", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}).json()
         admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"})
         provider = httpx.post(f"{base}/v1/auth/register", json={

@@ -512,8 +512,9 @@ def test_admin_templates_override_preview_reset_and_refusals(stack: Stack) -> No
 
     listed = admin.get("/v1/admin/email-templates")
     assert listed.status_code == 200, listed.text
-    defaults = {t["key"]: t for t in listed.json()}
-    assert set(defaults) == TEMPLATE_KEYS and len(listed.json()) == 12, sorted(defaults)
+    assert listed.json()["next_cursor"] is None, listed.json()  # 12 keys fit the default page of 50
+    defaults = {t["key"]: t for t in listed.json()["items"]}
+    assert set(defaults) == TEMPLATE_KEYS and len(listed.json()["items"]) == 12, sorted(defaults)
     for template in defaults.values():
         assert template["is_default"] is True and template["subject"].strip() and template["text"].strip(), template
         assert template["html"].strip(), template
@@ -545,7 +546,8 @@ def test_admin_templates_override_preview_reset_and_refusals(stack: Stack) -> No
     assert saved.json()["is_default"] is False and saved.json()["updated_at"], saved.json()
     fetched = admin.get(f"/v1/admin/email-templates/{key}").json()
     assert {p: fetched[p] for p in PARTS} == override and fetched["is_default"] is False, fetched
-    assert {t["key"] for t in admin.get("/v1/admin/email-templates").json() if not t["is_default"]} == {key}
+    listed_now = admin.get("/v1/admin/email-templates").json()["items"]
+    assert {t["key"] for t in listed_now if not t["is_default"]} == {key}
     preview = admin.post(f"/v1/admin/email-templates/{key}/preview")
     assert preview.status_code == 200, preview.text
     assert preview.json()["subject"].startswith("Custom ") and "OVERRIDE-TEXT" in preview.json()["text"]

@@ -19,13 +19,11 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import jwt
 import pytest
 from conftest import (
-    TEST_JWT_SECRET,
     Actor,
     Cast,
     Server,
@@ -36,163 +34,34 @@ from conftest import (
     register,
     running_api,
 )
+from events import (
+    ENVELOPE_FIELDS,
+    apublish,
+    assert_clean_framing,
+    bearer,
+    check_envelope,
+    connect,
+    events_until_mark,
+    id_key,
+    mark,
+    next_real,
+    ok,
+    own_channels,
+    poll,
+    publish,
+    publish_body,
+    read_until,
+    service_token,
+    settle,
+    stream_token,
+    stream_url,
+)
 from sse import SSEEvent, SSEStream, open_stream
 
-RETRY_MS = 3000
-ENVELOPE_FIELDS = {"id", "type", "channel", "occurred_at", "data"}
 TICK_SLACK = 1.2  # the server checks heartbeats and deadlines once a second; allow one tick plus scheduling
 
 Key = tuple[str, str]
 Planned = tuple[Key, list[str]]  # what identifies an event, and the channels it is published to
-
-
-# --- helpers -----------------------------------------------------------------------------------------------
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def id_key(event_id: str) -> tuple[int, int]:
-    """Sort key of an event id (`<ms>-<seq>`)."""
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq)
-
-
-def stream_url(base_url: str, **query: str) -> str:
-    """The stream's URL with these query parameters (empty ones left out)."""
-    query = {name: value for name, value in query.items() if value}
-    return f"{base_url}/v1/events/stream" + (f"?{urlencode(query)}" if query else "")
-
-
-async def connect(base_url: str, token: str | None = None, headers: dict[str, str] | None = None,
-                  **query: str) -> SSEStream:
-    """Open an SSE stream (token in the header unless None), check status and headers, consume `retry:`."""
-    all_headers = {**(bearer(token) if token else {}), **(headers or {})}
-    stream = await open_stream(stream_url(base_url, **query), all_headers)
-    assert stream.status == 200, (stream.status, stream.body)
-    assert "content-encoding" not in stream.headers, stream.headers  # open_stream sends Accept-Encoding: gzip, br
-    first = await stream.next()
-    assert first is not None and first.retry == RETRY_MS and not first.data, first
-    assert bytes(stream.raw).startswith(b"retry:"), bytes(stream.raw[:40])
-    return stream
-
-
-def check_envelope(event: SSEEvent) -> dict[str, Any]:
-    """The event's envelope, after checking it agrees with the SSE `id:` and `event:` lines."""
-    envelope: dict[str, Any] = event.envelope
-    assert set(envelope) == ENVELOPE_FIELDS, envelope
-    assert envelope["id"] == event.id and envelope["type"] == event.event, (event, envelope)
-    return envelope
-
-
-async def read_until(stream: SSEStream, last_id: str, timeout: float = 10.0) -> list[SSEEvent]:
-    """Every event (heartbeats skipped) up to and including the one whose id is `last_id`."""
-    deadline = time.monotonic() + timeout
-    got: list[SSEEvent] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"event {last_id} did not arrive within {timeout} s; last ids {[e.id for e in got][-5:]}")
-        try:
-            event = await stream.next(remaining)
-        except TimeoutError:
-            continue
-        assert event is not None, f"the stream ended before {last_id}; got {[e.event for e in got]}"
-        if event.retry is not None and not event.data:
-            continue
-        got.append(event)
-        if event.id == last_id:
-            return got
-
-
-async def next_real(stream: SSEStream, timeout: float = 5.0) -> SSEEvent | None:
-    """The next event that is not a heartbeat (None once the server closed the stream)."""
-    return await stream.next(timeout)
-
-
-def publish_body(event_type: str, channels: list[str], data: dict[str, Any] | None,
-                 dedup_key: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": event_type, "channels": channels, "data": data or {}}
-    if dedup_key is not None:
-        body["dedup_key"] = dedup_key
-    return body
-
-
-def published_id(answer: httpx.Response) -> str:
-    assert answer.status_code == 202, answer.text
-    body = answer.json()
-    assert body["deduplicated"] is False, body
-    event_id: str = body["id"]
-    return event_id
-
-
-def publish(client: httpx.Client, event_type: str, channels: list[str], data: dict[str, Any] | None = None,
-            dedup_key: str | None = None) -> str:
-    """POST /v1/events; the new event's id."""
-    return published_id(client.post("/v1/events", json=publish_body(event_type, channels, data, dedup_key)))
-
-
-async def apublish(client: httpx.AsyncClient, event_type: str, channels: list[str],
-                   data: dict[str, Any] | None = None) -> str:
-    return published_id(await client.post("/v1/events", json=publish_body(event_type, channels, data, None)))
-
-
-def mark(admin: Actor) -> str:
-    """Publish a `test.mark` event that every connection reads; its id."""
-    return publish(admin.http, "test.mark", ["broadcast"], {"mark": uuid.uuid4().hex})
-
-
-async def settle(streams: list[SSEStream], admin: Actor) -> None:
-    """Wait until every stream has received what was published so far (and throw it away)."""
-    last = mark(admin)
-    for stream in streams:
-        await read_until(stream, last)
-
-
-async def events_until_mark(stream: SSEStream, last: str) -> list[SSEEvent]:
-    """The events before the mark `last` (the mark itself excluded), each envelope checked."""
-    events = await read_until(stream, last)
-    for event in events:
-        check_envelope(event)
-    return events[:-1]
-
-
-def ok(answer: httpx.Response, status: int = 200) -> dict[str, Any]:
-    assert answer.status_code == status, answer.text
-    body: dict[str, Any] = answer.json()
-    return body
-
-
-def poll(client: httpx.Client, **params: Any) -> httpx.Response:
-    return client.get("/v1/events/poll", params=params)
-
-
-def stream_token(actor: Actor) -> str:
-    token: str = ok(actor.http.post("/v1/auth/stream-token"))["token"]
-    return token
-
-
-def service_token(scope: str = "events:publish") -> str:
-    now = int(time.time())
-    claims = {"sub": f"integrator-{uuid.uuid4().hex[:8]}", "scope": scope, "iss": "bookwire", "aud": "bookwire",
-              "iat": now, "exp": now + 300}
-    return jwt.encode(claims, TEST_JWT_SECRET, algorithm="HS256")
-
-
-def assert_clean_framing(raw: bytes) -> None:
-    """Every block on the wire holds only `id`/`event`/`data`/`retry` fields (each at most once) or comments."""
-    assert b"\r" not in raw and b"\x00" not in raw, raw
-    for block in raw.decode().split("\n\n"):
-        if not block:
-            continue
-        names = [line.partition(":")[0] for line in block.split("\n") if not line.startswith(":")]
-        assert set(names) <= {"id", "event", "data", "retry"}, block
-        assert len(names) == len(set(names)), block
-
-
-def own_channels(actor: Actor) -> list[str]:
-    return [f"user:{actor.id}", f"role:{actor.role}", "broadcast"]
 
 
 # --- 1. channel rules --------------------------------------------------------------------------------------

@@ -24,11 +24,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 from conftest import Actor, Server, bookwire, bookwire_env, register, running_api, sign_in_admin
-from sse import SSEEvent, SSEStream, open_stream
+from sse import SSEEvent, SSEStream, open_stream, open_stuck_stream, read_until_closed
 
 from app.embedded_redis import EmbeddedRedis, free_port
 
@@ -533,43 +532,6 @@ def test_slow_subscriber_is_dropped_without_slowing_others(tmp_path: Path) -> No
         admin = sign_in_admin(server)
         reader, laggard = register(server, "customer"), register(server, "customer")
         asyncio.run(_slow_subscriber(server, process, admin, reader, laggard))
-
-
-def open_stuck_stream(base_url: str, token: str) -> socket.socket:
-    """An SSE request on a socket with a tiny receive buffer, read up to the end of the headers only."""
-    parts = urlsplit(base_url)
-    assert parts.hostname is not None and parts.port is not None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, so the window stays small
-    sock.settimeout(5)
-    sock.connect((parts.hostname, parts.port))
-    request = (f"GET {STREAM_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n"
-               f"Authorization: Bearer {token}\r\n\r\n")
-    sock.sendall(request.encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        byte = sock.recv(1)  # one at a time: nothing past the headers is consumed
-        assert byte, f"closed while reading headers: {head!r}"
-        head += byte
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
-
-
-def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bool, int]:
-    """Read everything the server sent; (closed by the server within `timeout`, bytes read)."""
-    sock.settimeout(0.5)
-    deadline, total = time.monotonic() + timeout, 0
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(1 << 20)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return True, total
-        if not chunk:
-            return True, total
-        total += len(chunk)
-    return False, total
 
 
 def publish_many(http: httpx.Client, phase: str, count: int, sent_at: dict[int, float]) -> list[str]:

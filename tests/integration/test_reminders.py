@@ -332,7 +332,7 @@ def act(actor: Actor, booking_id: str, action: str) -> dict[str, Any]:
 
 def reminders_of(actor: Actor, booking_id: str) -> list[dict[str, Any]]:
     body = ok(actor.http.get(f"/v1/bookings/{booking_id}/reminders"))
-    items: list[dict[str, Any]] = body["items"] if isinstance(body, dict) else body
+    items: list[dict[str, Any]] = body["items"]
     return items
 
 
@@ -389,7 +389,7 @@ def outbox_mails(outbox: Path, booking_id: str, subject_prefix: str) -> list[Ema
 
 
 def history_entry(actor: Actor, booking_id: str, action: str) -> dict[str, Any] | None:
-    entries = ok(actor.http.get(f"/v1/bookings/{booking_id}/history"))
+    entries = ok(actor.http.get(f"/v1/bookings/{booking_id}/history"))["items"]
     return next((e for e in entries if e["action"] == action), None)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import SettingsError, load_settings, parse_duration, parse_durations
+from app.settings import SettingsError, load_settings, parse_duration, parse_durations, parse_rate
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5h", 18000), ("1h30m", 5400), ("7d", 604800),
@@ -21,6 +21,17 @@ def test_bad_durations_name_the_variable(text: str) -> None:
         parse_duration(text, "REMINDER_CUSTOMER_OFFSETS")
 
 
+@pytest.mark.parametrize(("text", "rate"), [("60/1m", (60, 60)), ("5/10s", (5, 10)), ("1000/1h", (1000, 3600))])
+def test_rates(text: str, rate: tuple[int, int]) -> None:
+    assert parse_rate(text, "AUTH_RATE_LIMIT") == rate
+
+
+@pytest.mark.parametrize("text", ["60", "0/1m", "60/0s", "x/1m", "60/soon", "/1m"])
+def test_bad_rates_name_the_variable(text: str) -> None:
+    with pytest.raises(SettingsError, match="AUTH_RATE_LIMIT"):
+        parse_rate(text, "AUTH_RATE_LIMIT")
+
+
 def test_defaults(tmp_path: Path) -> None:
     settings = load_settings({"DATA_DIR": str(tmp_path), "JWT_SECRET": "x" * 32})
     assert settings.reminder_provider_offsets == parse_durations("5h,4h,3h,2h,1h", "X")
@@ -28,6 +39,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.email_retry_intervals == (10, 30, 60, 300, 900)
     assert (settings.sse_heartbeat_seconds, settings.sse_max_age, settings.sse_queue_size) == (15, 1800, 1000)
     assert settings.stream_retention == 7 * 86400
+    assert settings.auth_rate_limit == (60, 60)
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.database_url == f"sqlite:///{tmp_path / 'bookwire.sqlite3'}"
     assert settings.redis_url is None
