@@ -28,7 +28,7 @@ import msgspec
 
 from app.settings import Settings
 from app.wire import EMAIL_PATTERN
-from workers.sandbox import PARTS, TemplateProblem, render_pool
+from workers.sandbox import PARTS, TemplateProblem, render_here, render_pool
 
 __all__ = ["TemplateProblem"]  # re-exported: the API's template endpoints refuse with it
 
@@ -79,10 +79,19 @@ def default_template(key: str) -> dict[str, str]:
     return {part: (TEMPLATE_DIR / f"{key}.{_SUFFIX[part]}").read_text() for part in PARTS}
 
 
+@cache
+def _shipped_sources() -> frozenset[str]:
+    return frozenset(source for key in TEMPLATE_KEYS for source in default_template(key).values())
+
+
 def render(template: dict[str, str], context: dict[str, Any]) -> Rendered:
-    """Render the three parts in the sandbox (blocking: from an event loop, call it in a thread);
-    TemplateProblem names the part that failed."""
-    out = render_pool().render(template, context)
+    """Render the three parts (blocking: from an event loop, call it in a thread); TemplateProblem
+    names the part that failed. Only what an admin wrote goes to the sandbox's helper processes:
+    the shipped templates are our own code, rendered here (0.08 ms instead of 1.0 ms per email here)."""
+    if all(template[part] in _shipped_sources() for part in PARTS):
+        out = render_here(template, context)
+    else:
+        out = render_pool().render(template, context)
     # A subject is one header line: a newline in it would let the template add headers.
     out["subject"] = " ".join(out["subject"].split())
     return Rendered(**out)

@@ -136,6 +136,7 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
             log.warning("could not re-check the account of a new stream: %s", exc)
         with contextlib.suppress(Exception):  # presence is best effort; the stream is what matters
             await presence.opened("sse", sub.user_id, sub.role)
+        scope["state"]["stream_started"] = True  # from here on an error can only end the stream
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MILLISECONDS, "more_body": True})
         after = await replay(state.bus, sub, last_event_id, send) if last_event_id else None
@@ -166,19 +167,23 @@ def with_event_stream(app: Litestar) -> ASGIApp:
             await app(scope, receive, send)
             return
         method = scope["method"]  # type: ignore[typeddict-item]  # an http scope has one
-        metrics.requests.labels(method, "2xx").inc()
         if method != "GET":
+            metrics.requests.labels(method, "4xx").inc()
             await _send_problem(send, 405, "Method not allowed", f"{method} is not allowed on this URL.",
                                 "method-not-allowed")
             return
+        scope.setdefault("state", {})
         try:
             await serve_stream(app, scope, receive, send)
-        except Exception as exc:  # refused before the stream started: the API's problem documents
+        except Exception as exc:
             error = exc if isinstance(exc, AppError) else outage(exc)  # a database outage is a 503
-            if error is None:
-                raise
+            if error is None or scope["state"].get("stream_started"):
+                raise  # a bug, or a failure mid-stream: uvicorn closes the connection
+            metrics.requests.labels(method, f"{error.status_code // 100}xx").inc()
             await _send_problem(send, error.status_code, error.title, error.detail, error.slug, error.extra,
-                                error.headers)
+                                error.headers)  # refused before the stream started: a problem document
+            return
+        metrics.requests.labels(method, "2xx").inc()
 
     return asgi
 
