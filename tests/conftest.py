@@ -67,9 +67,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def bookwire_env(**overrides: str) -> dict[str, str]:
     """The environment of a Bookwire process in tests (inherits PATH and friends)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "JWT_", "ADMIN_"))}
-    # The suite registers hundreds of users from 127.0.0.1: only the rate-limit tests set a real limit.
+    # The suite registers hundreds of users from 127.0.0.1, and the cast's users open many streams
+    # over a session: only the tests of these limits set real ones, on APIs of their own.
     env.update(JWT_SECRET=TEST_JWT_SECRET, ADMIN_EMAIL=ADMIN_EMAIL, ADMIN_PASSWORD=ADMIN_PASSWORD,
-               AUTH_RATE_LIMIT="1000000/1m")
+               AUTH_RATE_LIMIT="1000000/1m", MAX_STREAMS_PER_USER="1000")
     env.update(overrides)
     return env
 

@@ -162,7 +162,7 @@ async def read_flood(stream: SSEStream, count: int) -> list[str]:
     return ids
 
 
-OPENERS = 16  # under the default MAX_STREAMS_PER_USER (20)
+OPENERS = 16  # under the default MAX_STREAMS_PER_USER (20), as a real deployment has it
 ROUNDS = 4  # the race is narrow: each round is another chance for a stream to slip past the close
 
 
