@@ -19,8 +19,9 @@ import msgspec
 
 from app.bookings import services as bookings
 from app.bookings.events import describe
+from app.bookings.parties import parties_of
 from app.db.tables import Booking, EmailDelivery, Notification, Reminder, Resource, User
-from app.email.services import NewEmail, booking_context, effective_template, parties_of, queue_emails
+from app.email.services import NewEmail, booking_context, effective_template, queue_emails
 from app.errors import Conflict
 from app.metrics import STATS_KEY
 from app.notifications.services import NewNotification, notify_each

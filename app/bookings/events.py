@@ -2,26 +2,23 @@
 and in-app notifications for the people it concerns.
 
 Everything here runs after the database transaction, so no client hears about a change that did not
-happen. A Redis failure is logged and counted, never turned into an error for a change that is
-already stored: clients that missed the event resynchronise over REST.
+happen; `follow_up` logs a failure rather than turning it into an error for a change that is
+already stored (clients that missed the event resynchronise over REST).
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from app.bookings.parties import Parties
 from app.bookings.schemas import BookingRead
 from app.bookings.seats import availability_of
-from app.db.tables import Resource, User
 from app.notifications.services import NewNotification, notify_each
 from app.realtime.bus import EventBus
 from app.realtime.events import resource_channel, role_channel, user_channel
-
-log = logging.getLogger(__name__)
 
 Window = tuple[datetime, datetime]
 
@@ -59,13 +56,6 @@ def booking_channels(booking: BookingRead) -> list[str]:
     return [user_channel(booking.customer_id), user_channel(booking.owner_id), role_channel("admin")]
 
 
-async def _resource(resource_id: uuid.UUID) -> dict[str, Any]:
-    row = await Resource.select(Resource.name, Resource.timezone, Resource.capacity).where(
-        Resource.id == resource_id
-    ).first()
-    return row or {"name": "a resource", "timezone": "UTC", "capacity": 0}
-
-
 def describe(booking: BookingRead, resource: dict[str, Any]) -> str:
     """`Room A on 2030-01-01 10:00 (Europe/Paris)`: what people recognise a booking by."""
     local = booking.starts_at.astimezone(ZoneInfo(resource["timezone"]))
@@ -75,24 +65,28 @@ def describe(booking: BookingRead, resource: dict[str, Any]) -> str:
 async def booking_changed(
     bus: EventBus, booking: BookingRead, event_type: str, actor_id: uuid.UUID | None, seat_windows: list[Window],
 ) -> None:
-    """Publish `event_type`, availability for the windows whose seats changed, and notifications."""
-    try:
-        await bus.publish(event_type, booking_channels(booking), booking)
-        for start, end in _merge(seat_windows):
-            await bus.publish("resource.availability", [resource_channel(booking.resource_id)],
-                              await availability_of(booking.resource_id, start, end))
-        await notify_each(bus, await _notices(booking, event_type, actor_id))
-    except Exception:
-        log.exception("could not announce %s for booking %s", event_type, booking.id)
+    """Publish `event_type`, and availability for the windows whose seats changed."""
+    await bus.publish(event_type, booking_channels(booking), booking)
+    for start, end in _merge(seat_windows):
+        await bus.publish("resource.availability", [resource_channel(booking.resource_id)],
+                          await availability_of(booking.resource_id, start, end))
 
 
-async def _notices(booking: BookingRead, event_type: str, actor_id: uuid.UUID | None) -> list[NewNotification]:
+async def notify_parties(
+    bus: EventBus, booking: BookingRead, parties: Parties, event_type: str, actor_id: uuid.UUID | None
+) -> None:
+    """The in-app notifications of a change: the customer and the owner, except whoever made it."""
+    await notify_each(bus, _notices(booking, parties, event_type, actor_id))
+
+
+def _notices(
+    booking: BookingRead, parties: Parties, event_type: str, actor_id: uuid.UUID | None
+) -> list[NewNotification]:
     """The customer's and the owner's notification of a change, except for whoever made it."""
-    resource = await _resource(booking.resource_id)
-    customer = await User.select(User.name).where(User.id == booking.customer_id).first()
+    resource, people = parties
     by = ("" if actor_id is None else " by the customer" if actor_id == booking.customer_id
           else " by the provider" if actor_id == booking.owner_id else " by an administrator")
-    words = {"booking": describe(booking, resource), "customer": customer["name"] if customer else "A customer",
+    words = {"booking": describe(booking, resource), "customer": people["customer"]["name"],
              "by": by}
     owner_notice = _OWNER_NOTICES[event_type]
     if event_type == "booking.created" and booking.status == "confirmed":

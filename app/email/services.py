@@ -18,8 +18,9 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from app.bookings.parties import Parties
 from app.bookings.schemas import BookingRead
-from app.db.tables import EmailDelivery, EmailTemplate, Resource, User
+from app.db.tables import EmailDelivery, EmailTemplate
 from app.effects import Effects
 from app.email.schemas import DeliveryRead, TemplateRead, TemplateWrite
 from app.errors import BadRequest, NotFound, Unprocessable
@@ -75,24 +76,6 @@ def booking_context(
     }
 
 
-Parties = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # resource row, {"customer"|"owner": user row}
-
-
-async def booking_people(booking: BookingRead) -> Parties:
-    """The resource row and the customer and owner (name, email) of a booking."""
-    return (await parties_of([booking]))[booking.id]
-
-
-async def parties_of(bookings: list[BookingRead]) -> dict[uuid.UUID, Parties]:
-    """`booking_people` for many bookings in two queries."""
-    resources = {r["id"]: r for r in await Resource.select(Resource.id, Resource.name, Resource.timezone).where(
-        Resource.id.is_in(list({b.resource_id for b in bookings})))}
-    users = {u["id"]: u for u in await User.select(User.id, User.name, User.email, User.active).where(
-        User.id.is_in(list({u for b in bookings for u in (b.customer_id, b.owner_id)})))}
-    return {b.id: (resources[b.resource_id], {"customer": users[b.customer_id], "owner": users[b.owner_id]})
-            for b in bookings}
-
-
 @dataclass(frozen=True)
 class NewEmail:
     """One message to queue: a template, its recipient and the template's variables."""
@@ -122,12 +105,14 @@ async def queue_emails(effects: Effects, emails: list[NewEmail]) -> list[uuid.UU
     return ids
 
 
-async def queue_booking_emails(effects: Effects, booking: BookingRead, event_type: str, reason: str | None) -> None:
+async def queue_booking_emails(
+    effects: Effects, booking: BookingRead, parties: Parties, event_type: str, reason: str | None
+) -> None:
     """The emails of one booking change, per the spec's list; none to a deactivated account."""
     roles = RECIPIENTS.get(event_type, ())
     if not roles:
         return
-    resource, people = await booking_people(booking)
+    resource, people = parties
     await queue_emails(effects, [
         NewEmail(f"{event_type}.{role}", people[role]["email"],
                  booking_context(booking, resource, people, role, reason, effects.settings.app_url), booking.id)

@@ -1,0 +1,29 @@
+"""Who and what a booking is about: its resource and its two people, fetched once per change and
+shared by its notifications and its emails."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from app.bookings.schemas import BookingRead
+from app.db.tables import Resource, User
+
+Parties = tuple[dict[str, Any], dict[str, dict[str, Any]]]
+"""The resource row (`id`, `name`, `timezone`) and `{"customer"|"owner": user row}` (`id`, `name`,
+`email`, `active`)."""
+
+
+async def booking_parties(booking: BookingRead) -> Parties:
+    """The resource and the customer and owner of one booking."""
+    return (await parties_of([booking]))[booking.id]
+
+
+async def parties_of(bookings: list[BookingRead]) -> dict[uuid.UUID, Parties]:
+    """`booking_parties` for many bookings in two queries."""
+    resources = {r["id"]: r for r in await Resource.select(Resource.id, Resource.name, Resource.timezone).where(
+        Resource.id.is_in(list({b.resource_id for b in bookings})))}
+    users = {u["id"]: u for u in await User.select(User.id, User.name, User.email, User.active).where(
+        User.id.is_in(list({u for b in bookings for u in (b.customer_id, b.owner_id)})))}
+    return {b.id: (resources[b.resource_id], {"customer": users[b.customer_id], "owner": users[b.owner_id]})
+            for b in bookings}
