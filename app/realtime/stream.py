@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl
+from urllib.parse import parse_qsl
 
 from litestar import Litestar
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -110,13 +110,13 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
     """Follow your channels as Server-Sent Events (see the module docstring and the SPEC)."""
     state: Any = app.state
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-    query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
+    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    query = dict(pairs)
     principal = await event_principal(state.tokens, headers.get("authorization"), query.get("access_token"))
-    refuse_unknown_query(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True),
-                         ("access_token", "last_event_id", "topics"))  # like every route: 422, after 401
+    refuse_unknown_query(pairs, ("access_token", "last_event_id", "topics"))  # like every route: 422, after 401
     channels = await connection_channels(principal.user, query.get("topics"))
     last_event_id = headers.get("last-event-id") or query.get("last_event_id")
-    del headers, query  # this frame lives as long as the stream: keep only what it needs
+    del headers, query, pairs  # this frame lives as long as the stream: keep only what it needs
     hub: Hub = state.hub
     presence: Presence = state.presence
     cycle = server_cycle(receive)
@@ -128,6 +128,7 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
     del principal, channels, cycle  # `sub` holds what the stream needs from them
     hub.add(sub)
     watcher = asyncio.ensure_future(_watch_disconnect(receive, sub)) if sub.cycle is None else None
+    started = False
     try:
         try:
             if hub.recently_closed(sub.user_id) and not await still_active(sub.user_id):
@@ -136,11 +137,18 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
             log.warning("could not re-check the account of a new stream: %s", exc)
         with contextlib.suppress(Exception):  # presence is best effort; the stream is what matters
             await presence.opened("sse", sub.user_id, sub.role)
-        scope["state"]["stream_started"] = True  # from here on an error can only end the stream
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        started = True
         await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MILLISECONDS, "more_body": True})
         after = await replay(state.bus, sub, last_event_id, send) if last_event_id else None
         await write_stream(sub, send, after)
+    except Exception as exc:
+        if not started:
+            raise  # refused before the stream started: `with_event_stream` answers with a problem document
+        # Started (e.g. Redis went away during the replay): end it; the client resumes from its last id.
+        log.warning("stream of user %s ended by an error: %s", sub.user_id, exc)
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         # The hub dropped a subscriber that fell too far behind (and, under uvicorn, already
         # reset its socket), or the server is stopping; the client reconnects with its last id.
@@ -172,13 +180,12 @@ def with_event_stream(app: Litestar) -> ASGIApp:
             await _send_problem(send, 405, "Method not allowed", f"{method} is not allowed on this URL.",
                                 "method-not-allowed")
             return
-        scope.setdefault("state", {})
         try:
             await serve_stream(app, scope, receive, send)
-        except Exception as exc:
+        except Exception as exc:  # raised before the stream started (serve_stream ends a started one)
             error = exc if isinstance(exc, AppError) else outage(exc)  # a database outage is a 503
-            if error is None or scope["state"].get("stream_started"):
-                raise  # a bug, or a failure mid-stream: uvicorn closes the connection
+            if error is None:
+                raise
             metrics.requests.labels(method, f"{error.status_code // 100}xx").inc()
             await _send_problem(send, error.status_code, error.title, error.detail, error.slug, error.extra,
                                 error.headers)  # refused before the stream started: a problem document
