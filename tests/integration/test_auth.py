@@ -165,6 +165,9 @@ def test_admin_deactivates_and_reactivates_a_user(server: Server, cast: Cast) ->
 
 def test_only_admins_manage_users(server: Server, cast: Cast) -> None:
     assert_problem(cast.customer.http.get("/v1/users"), 403)
+    announcing = cast.owner.http.post(
+        "/v1/admin/announcements", json={"title": "Hi", "body": "all"})
+    assert assert_problem(announcing, 403)["detail"] == "Only admins may do this."  # not "manage users"
     assert_problem(cast.owner.http.patch(f"/v1/users/{cast.customer.id}", json={"active": False}), 403)
     assert cast.customer.http.get("/v1/me").status_code == 200
     assert_problem(cast.admin.http.patch(f"/v1/users/{cast.admin.id}", json={"active": False}), 403)
