@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,15 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("bookwire")
-
-
-def _redis_sync(settings: Settings):  # type: ignore[no-untyped-def]
-    from redis import Redis
-
-    if settings.redis_url is None:
-        raise SystemExit("REDIS_URL is not set: run `bookwire up` for an embedded Redis, or set REDIS_URL.")
-    return Redis.from_url(settings.redis_url)
-
 
 def _without_password(url: str) -> str:
     """`url` fit to print: a password in it is replaced by `***`."""
@@ -131,38 +120,18 @@ def api(settings: Settings) -> None:
     StreamClosingServer(config).run()
 
 
-def _survive_redis_outages(run: Callable[[], object], what: str) -> None:
-    """Run `run` again whenever it dies of a lost Redis connection, instead of exiting the process."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    delay = 0.2
-    while True:
-        try:
-            run()
-            return
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("%s lost Redis (%s); starting again in %.1f s", what, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 def worker(settings: Settings) -> None:
-    from workers import context
-    from workers.queues import build_worker
+    """An RQ worker (workers/commands.py)."""
+    from workers import commands  # the CLI is the composition root: the one module of app that may
 
-    connection = _redis_sync(settings)
-    context.start(settings, connection)
-    _survive_redis_outages(lambda: build_worker(connection).work(with_scheduler=False), "worker")
+    commands.worker(settings)
 
 
 def scheduler(settings: Settings) -> None:
-    from workers.jobs import install_periodic_jobs
-    from workers.queues import JobQueue, build_scheduler
+    """rq-scheduler and the periodic jobs (workers/commands.py)."""
+    from workers import commands
 
-    connection = _redis_sync(settings)
-    _survive_redis_outages(lambda: install_periodic_jobs(JobQueue(connection)), "scheduler setup")
-    _survive_redis_outages(lambda: build_scheduler(connection).run(), "scheduler")
+    commands.scheduler(settings)
 
 
 def _local_url(settings: Settings) -> str:

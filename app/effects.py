@@ -9,9 +9,9 @@ from typing import Any
 
 from litestar import Request
 
+from app.job_queue import JobQueue
 from app.realtime.bus import EventBus
 from app.settings import Settings
-from workers.queues import JobQueue
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.db.errors import is_database_outage
+from app.wire import PATTERN_HINTS
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,6 @@ _REGEX = re.compile(r"Expected `str` matching regex ('.*')")
 
 
 def _pattern_hint(match: re.Match[str]) -> str:
-    from app.wire import PATTERN_HINTS  # app.wire imports this module
-
     hints = {repr(pattern): hint for pattern, hint in PATTERN_HINTS.items()}
     return hints.get(match.group(1), "must not contain control characters, or has the wrong format")
 

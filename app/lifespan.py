@@ -24,11 +24,11 @@ from app.accounts.services import ensure_admin
 from app.db.engine import close_engine, open_engine
 from app.effects import Effects
 from app.errors import AppError
+from app.job_queue import JobQueue
 from app.realtime.bus import EventBus
 from app.realtime.hub import Hub
 from app.realtime.presence import REFRESH_SECONDS, Presence
 from app.settings import Settings
-from workers.queues import JobQueue
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,17 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis import Redis
 
 STATS_KEY = "bookwire:stats"
 """A Redis hash of counters that workers increment: emails_sent, emails_failed, reminders_fired."""
 WORKER_STATS = ("emails_sent", "emails_failed", "reminders_fired")
 QUEUES = ("email", "default")
+
+
+def count_worker_event(connection: Redis, name: str, amount: int = 1) -> None:
+    """Add `amount` to the worker counter `name` (one of WORKER_STATS), for every API's scrape to see."""
+    connection.hincrby(STATS_KEY, name, amount)
 
 
 class Metrics:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable
+from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any
 
@@ -159,3 +160,13 @@ def _require_json(content_type: str | None) -> None:
         raise UnsupportedMediaType(
             f"Send the body as JSON with `Content-Type: application/json` (got {media_type or 'no Content-Type'!r}).",
         )
+
+
+def to_utc(value: datetime, field: str) -> datetime:
+    """`value` in UTC; 422 naming `field` when it has no offset or lies outside years 1 to 9999 in UTC."""
+    if value.tzinfo is None:
+        raise Unprocessable.field(field, "must carry a UTC offset, e.g. 2030-01-01T09:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise Unprocessable.field(field, "is out of range") from None

@@ -6,12 +6,10 @@ carry an offset (`tz=True`), so a naive time is a 422 rather than a silent guess
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
-
-from app.errors import Unprocessable
 
 END = r"(?![\s\S])"
 r"""End of string in a pattern. Python's `$` (msgspec and Litestar search with `re`) also matches
@@ -50,12 +48,3 @@ Capacity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 PriceCents = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000_000)]
 DeadlineSeconds = Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)]
 
-
-def to_utc(value: datetime, field: str) -> datetime:
-    """`value` in UTC; 422 naming `field` when it has no offset or lies outside years 1 to 9999 in UTC."""
-    if value.tzinfo is None:
-        raise Unprocessable.field(field, "must carry a UTC offset, e.g. 2030-01-01T09:00:00Z")
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise Unprocessable.field(field, "is out of range") from None

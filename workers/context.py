@@ -19,10 +19,10 @@ from redis import Redis
 
 from app.db.engine import bind_engine, engine_from_url, open_engine
 from app.effects import Effects
+from app.job_queue import JobQueue
 from app.lifespan import redis_client
 from app.realtime.bus import EventBus
 from app.settings import Settings
-from workers.queues import JobQueue
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,6 +30,8 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class WorkerContext:
+    """What the job entry points hand to the area functions (`effects`), and the loop they run on."""
+
     effects: Effects  # what the services need to publish events and enqueue jobs, as in the API
     loop: asyncio.AbstractEventLoop
 
@@ -60,6 +62,7 @@ def start(settings: Settings, connection: Redis) -> WorkerContext:
 
 
 def current() -> WorkerContext:
+    """This process's context (`start()` must have run: `bookwire worker` does it)."""
     if _context is None:
         raise RuntimeError("workers.context.start() was not called: run jobs through `bookwire worker`")
     return _context

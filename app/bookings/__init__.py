@@ -1,1 +1,2 @@
-"""Bookings: the status machine, the capacity guarantee, history and availability."""
+"""Bookings: the status machine, the capacity guarantee, history, and what a change sets in motion
+(events, notifications, emails, reminders and the response deadline)."""

@@ -9,11 +9,17 @@ from litestar.di import Provide
 from litestar.params import Parameter
 
 from app.bookings import services
-from app.bookings.schemas import ActionRequest, BookingCreate, BookingRead, BookingUpdate, HistoryEntry
+from app.bookings.schemas import (
+    ActionRequest,
+    BookingCreate,
+    BookingRead,
+    BookingUpdate,
+    HistoryEntry,
+    ReminderRead,
+)
 from app.effects import Effects, provide_effects
 from app.idempotency import IdempotencyKey, run_once
 from app.pagination import DEFAULT_LIMIT, Limit, Page
-from app.reminders.schemas import ReminderRead
 from app.security import AuthUser, current_user
 
 StatusFilter = Literal["pending", "confirmed", "rejected", "cancelled", "expired", "checked_in", "completed"]

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 from app.bookings.parties import Parties
 from app.bookings.schemas import BookingRead
-from app.bookings.seats import availability_of
 from app.notifications.services import NewNotification, notify_each
 from app.realtime.bus import EventBus
 from app.realtime.events import resource_channel, role_channel, user_channel
+from app.resources.seats import availability_of
 
 Window = tuple[datetime, datetime]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import uuid
 
+from app.bookings.emails import queue_booking_emails
 from app.bookings.events import Window, booking_changed, notify_parties
 from app.bookings.parties import booking_parties
+from app.bookings.reminders import plan_deadline, plan_reminders
 from app.bookings.schemas import BookingRead
 from app.effects import Effects
-from app.email.services import queue_booking_emails
-from app.reminders.services import plan_deadline, plan_reminders
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -57,3 +58,23 @@ class HistoryEntry(msgspec.Struct):
     to_status: str
     reason: str | None
     at: datetime
+
+
+class ReminderRead(msgspec.Struct):
+    id: uuid.UUID
+    recipient_id: uuid.UUID
+    recipient_role: str
+    offset_seconds: int
+    due_at: datetime
+    status: str
+    fired_at: datetime | None
+
+
+def to_booking_read(row: dict[str, Any]) -> BookingRead:
+    """A `bookings` row as the API shows it."""
+    return BookingRead(**{name: row[name] for name in BookingRead.__struct_fields__})
+
+
+def to_reminder_read(row: dict[str, Any]) -> ReminderRead:
+    """A `reminders` row as the API shows it."""
+    return ReminderRead(**{name: row[name] for name in ReminderRead.__struct_fields__})

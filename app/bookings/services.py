@@ -9,33 +9,32 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.bookings.capacity import peak_seats
 from app.bookings.follow_up import follow_up
-from app.bookings.schemas import BookingCreate, BookingRead, BookingUpdate, HistoryEntry
-from app.bookings.seats import availability_of, seat_holders
-from app.bookings.status import HOLDS_SEATS, TRANSITIONS, Transition, allowed_actions, may_take
+from app.bookings.schemas import (
+    BookingCreate,
+    BookingRead,
+    BookingUpdate,
+    HistoryEntry,
+    ReminderRead,
+    to_booking_read,
+    to_reminder_read,
+)
+from app.bookings.status import TRANSITIONS, Transition, allowed_actions, may_take
 from app.db.tables import Booking, BookingHistory, Reminder, Resource, User
 from app.db.transactions import lock_row, write_transaction
 from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
 from app.pagination import keyset_page
-from app.reminders.schemas import ReminderRead
-from app.reminders.services import to_reminder_read
-from app.resources.schemas import Availability
-from app.resources.services import load_visible
+from app.resources.capacity import HOLDS_SEATS, peak_seats
+from app.resources.seats import seat_holders
 from app.security import AuthUser
-from app.wire import to_utc
+from app.validation import to_utc
 
 MAX_BOOKING_LENGTH = timedelta(days=30)
 MAX_BOOKING_AHEAD = timedelta(days=2 * 365)
 """How far ahead a booking may start (new or rescheduled): its reminders, emails and availability
 windows then stay well inside the calendar (a booking in year 9999 used to be accepted, and then its
 follow-ups failed)."""
-MAX_AVAILABILITY_WINDOW = timedelta(days=93)
-
-
-def to_booking_read(row: dict[str, Any]) -> BookingRead:
-    return BookingRead(**{name: row[name] for name in BookingRead.__struct_fields__})
 
 
 def relations(user: AuthUser, row: dict[str, Any]) -> set[str]:
@@ -271,14 +270,3 @@ async def update_booking(user: AuthUser, booking_id: uuid.UUID, data: BookingUpd
     windows = [(row["starts_at"], row["ends_at"]), (booking.starts_at, booking.ends_at)] if reschedule else []
     await follow_up(effects, booking, TRANSITIONS[action].event, user.id, windows)
     return booking
-
-
-async def availability(user: AuthUser, resource_id: uuid.UUID, from_: datetime, to: datetime) -> Availability:
-    """Seats taken over `[from, to)` as maximal intervals with a constant count."""
-    start, end = to_utc(from_, "from"), to_utc(to, "to")
-    if end <= start:
-        raise Unprocessable.field("to", "must be after from")
-    if end - start > MAX_AVAILABILITY_WINDOW:
-        raise Unprocessable.field("to", "the window may span at most 93 days")
-    await load_visible(user, resource_id)
-    return await availability_of(resource_id, start, end)

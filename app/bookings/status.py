@@ -14,8 +14,6 @@ import msgspec
 Status = Literal["pending", "confirmed", "rejected", "cancelled", "expired", "checked_in", "completed"]
 Relation = Literal["customer", "owner", "admin"]
 
-# Statuses whose seats count against capacity (an expired or cancelled booking frees them).
-HOLDS_SEATS: tuple[str, ...] = ("pending", "confirmed", "checked_in")
 
 
 class Transition(msgspec.Struct, frozen=True):

@@ -1,1 +1,1 @@
-"""Email on booking changes: which emails a change sends, admin templates, and the delivery log."""
+"""Email: queueing deliveries, admin templates and their sandboxed rendering, sending, and the delivery log."""

@@ -1,8 +1,9 @@
-"""Which emails a booking change sends, the admin's templates, and the delivery log.
+"""Queueing emails, the admin's templates, and the delivery log.
 
 The API never talks SMTP: it stores an `email_deliveries` row (status `queued`, with everything the
-template needs) and enqueues `workers.jobs.send_email`. The row makes sending idempotent and
-visible in `GET /v1/admin/emails`.
+template needs) and enqueues the `send_email` job (`app.email.delivery` sends it). The row makes
+sending idempotent and visible in `GET /v1/admin/emails`. Which emails a booking change sends is the
+bookings area's business (`app/bookings/emails.py`).
 """
 
 from __future__ import annotations
@@ -14,66 +15,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import msgspec
 
-from app.bookings.parties import Parties
-from app.bookings.schemas import BookingRead
 from app.db.tables import EmailDelivery, EmailTemplate
 from app.effects import Effects
+from app.email.rendering import SAMPLE_CONTEXT, TEMPLATE_KEYS, TemplateProblem, check_template, default_template, render
 from app.email.schemas import DeliveryRead, TemplateRead, TemplateWrite
+from app.email.sending import new_message_id
 from app.errors import BadRequest, NotFound, Unprocessable
+from app.job_queue import EMAIL_QUEUE, SEND_EMAIL, email_job_id
 from app.pagination import keyset_page
-from workers.email import (
-    SAMPLE_CONTEXT,
-    TEMPLATE_KEYS,
-    TemplateProblem,
-    check_template,
-    default_template,
-    new_message_id,
-    render,
-)
-from workers.queues import EMAIL_QUEUE, email_job_id
-
-# event type -> who gets an email (the spec's list: customer for every change, owner for three)
-RECIPIENTS: dict[str, tuple[str, ...]] = {
-    "booking.created": ("customer", "owner"),
-    "booking.confirmed": ("customer",),
-    "booking.rejected": ("customer",),
-    "booking.cancelled": ("customer", "owner"),
-    "booking.rescheduled": ("customer", "owner"),
-    "booking.completed": ("customer",),
-    "booking.expired": ("customer",),
-}
-
-
-def _local(moment: datetime, timezone: str) -> str:
-    return f"{moment.astimezone(ZoneInfo(timezone)):%Y-%m-%d %H:%M}"
-
-
-def booking_context(
-    booking: BookingRead, resource: dict[str, Any], people: dict[str, dict[str, Any]], recipient_role: str,
-    reason: str | None, app_url: str,
-) -> dict[str, Any]:
-    """Everything a booking email template may use (see workers.email.SAMPLE_CONTEXT)."""
-    recipient = people[recipient_role]
-    return {
-        "app_url": app_url,
-        "link": f"{app_url}/bookings/{booking.id}",
-        "recipient": {"name": recipient["name"], "email": recipient["email"], "role": recipient_role},
-        "customer": {"name": people["customer"]["name"], "email": people["customer"]["email"]},
-        "owner": {"name": people["owner"]["name"], "email": people["owner"]["email"]},
-        "resource": {"id": str(resource["id"]), "name": resource["name"], "timezone": resource["timezone"]},
-        "booking": {
-            "id": str(booking.id), "status": booking.status, "seats": booking.seats, "notes": booking.notes,
-            "starts_at": booking.starts_at.isoformat(), "ends_at": booking.ends_at.isoformat(),
-            "starts_at_local": _local(booking.starts_at, resource["timezone"]),
-            "ends_at_local": _local(booking.ends_at, resource["timezone"]),
-            "price_cents": booking.price_cents, "currency": booking.currency,
-        },
-        "reason": reason,
-    }
 
 
 @dataclass(frozen=True)
@@ -88,8 +40,6 @@ class NewEmail:
 
 async def queue_emails(effects: Effects, emails: list[NewEmail]) -> list[uuid.UUID]:
     """Record the deliveries in one INSERT and hand them to workers in one Redis round trip."""
-    from workers.jobs import send_email  # the job module imports the services: import at use
-
     if not emails:
         return []
     now = datetime.now(UTC)
@@ -100,24 +50,9 @@ async def queue_emails(effects: Effects, emails: list[NewEmail]) -> list[uuid.UU
         message_id=new_message_id(str(delivery_id), effects.settings), claimed_until=None,
         created_at=now, updated_at=now, sent_at=None,
     ) for delivery_id, email in zip(ids, emails, strict=True)))
-    await effects.run(effects.jobs.enqueue_many, send_email, [((str(i),), email_job_id(i, 1)) for i in ids],
+    await effects.run(effects.jobs.enqueue_many, SEND_EMAIL, [((str(i),), email_job_id(i, 1)) for i in ids],
                       queue=EMAIL_QUEUE)
     return ids
-
-
-async def queue_booking_emails(
-    effects: Effects, booking: BookingRead, parties: Parties, event_type: str, reason: str | None
-) -> None:
-    """The emails of one booking change, per the spec's list; none to a deactivated account."""
-    roles = RECIPIENTS.get(event_type, ())
-    if not roles:
-        return
-    resource, people = parties
-    await queue_emails(effects, [
-        NewEmail(f"{event_type}.{role}", people[role]["email"],
-                 booking_context(booking, resource, people, role, reason, effects.settings.app_url), booking.id)
-        for role in roles if people[role]["active"]
-    ])
 
 
 # ---- templates (admin) -------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Bookable resources and their availability."""
+"""Bookable resources, their seats over time (capacity arithmetic, occupancy) and availability."""

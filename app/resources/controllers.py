@@ -8,7 +8,6 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
-from app.bookings import services as bookings
 from app.idempotency import IdempotencyKey, run_once
 from app.pagination import DEFAULT_LIMIT, Limit, Page
 from app.realtime.bus import EventBus, provide_bus
@@ -59,4 +58,4 @@ class ResourceController(Controller):
         self, user: AuthUser, resource_id: uuid.UUID,
         from_: Annotated[datetime, Parameter(query="from")], to: datetime,
     ) -> Availability:
-        return await bookings.availability(user, resource_id, from_, to)
+        return await services.availability(user, resource_id, from_, to)

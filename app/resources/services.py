@@ -1,25 +1,28 @@
-"""Resource rules: who may see and change a resource, and what a change may not break."""
+"""Resource rules: who may see and change a resource, what a change may not break, and its availability."""
 
 from __future__ import annotations
 
 import uuid
 import zoneinfo
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 import msgspec
 
-from app.bookings.capacity import peak_seats
-from app.bookings.seats import seat_holders
 from app.db.tables import Resource, User
 from app.db.transactions import lock_row, write_transaction
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
 from app.pagination import keyset_page
 from app.realtime.bus import EventBus
+from app.resources.capacity import peak_seats
 from app.resources.events import change_types, resource_changed
-from app.resources.schemas import ResourceCreate, ResourceRead, ResourceUpdate
+from app.resources.schemas import Availability, ResourceCreate, ResourceRead, ResourceUpdate
+from app.resources.seats import availability_of, seat_holders
 from app.security import AuthUser
+from app.validation import to_utc
+
+MAX_AVAILABILITY_WINDOW = timedelta(days=93)
 
 
 @cache
@@ -152,3 +155,14 @@ async def delete_resource(user: AuthUser, resource_id: uuid.UUID, bus: EventBus)
         )
     resource = to_resource_read({**row, "active": False, "updated_at": now})
     await resource_changed(bus, resource, ["resource.deleted"], was_active=row["active"])
+
+
+async def availability(user: AuthUser, resource_id: uuid.UUID, from_: datetime, to: datetime) -> Availability:
+    """Seats taken over `[from, to)` as maximal intervals with a constant count."""
+    start, end = to_utc(from_, "from"), to_utc(to, "to")
+    if end <= start:
+        raise Unprocessable.field("to", "must be after from")
+    if end - start > MAX_AVAILABILITY_WINDOW:
+        raise Unprocessable.field("to", "the window may span at most 93 days")
+    await load_visible(user, resource_id)
+    return await availability_of(resource_id, start, end)

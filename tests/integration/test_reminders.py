@@ -61,8 +61,8 @@ from rq import Queue
 from rq.job import Job
 from sse import SSEEvent, SSEStream, open_stream
 
+from app.bookings.reminders import REMINDER_BATCH
 from app.embedded_redis import EmbeddedRedis, free_port
-from workers.jobs import REMINDER_BATCH
 
 T = TypeVar("T")
 
@@ -512,7 +512,7 @@ def test_cleanup_and_sweep_are_registered_as_periodic_jobs(stack: Stack) -> None
 
 
 def test_a_burst_larger_than_one_batch_fires_every_reminder_once_on_time(stack: Stack, people: People) -> None:
-    """More reminders due in one second than one job claims (workers.jobs.REMINDER_BATCH): the job
+    """More reminders due in one second than one job claims (app.bookings.reminders.REMINDER_BATCH): the job
     hands the rest to another run, and still each fires once, within 2 s."""
     customer, owner = people.customer, people.owner
     count = REMINDER_BATCH + 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from app.bookings.capacity import occupancy, peak_seats
+from app.resources.capacity import occupancy, peak_seats
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -2,7 +2,7 @@
 
 A template is code: it can loop for hours (`{% for i in range(100000) %}` nested), build a gigabyte
 (`{{ 'x' * 10**9 }}`), recurse, or raise anything. So a template never runs in the process that asked
-for it. `RenderPool.render` hands each part to a helper process (`python -m workers.sandbox`, a few
+for it. `RenderPool.render` hands each part to a helper process (`python -m app.email.sandbox`, a few
 per API or worker process, started on first use and reused), which renders it in jinja2's
 `ImmutableSandboxedEnvironment` (no Python internals, no `.update()`/`.pop()` on the context, no
 loader: `include`, `import` and `extends` are refused) under these bounds:
@@ -188,7 +188,7 @@ class _Helper:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workers.sandbox"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "app.email.sandbox"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         if self._receive(time.monotonic() + START_SECONDS) != ["ready"]:
             self.kill()

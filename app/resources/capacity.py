@@ -11,6 +11,9 @@ from itertools import pairwise
 
 Interval = tuple[datetime, datetime, int]  # [starts_at, ends_at), seats
 
+# Booking statuses whose seats count against capacity (an expired or cancelled booking frees them).
+HOLDS_SEATS: tuple[str, ...] = ("pending", "confirmed", "checked_in")
+
 
 def occupancy(bookings: Iterable[Interval], start: datetime, end: datetime) -> list[Interval]:
     """Maximal sub-intervals of `[start, end)` with a constant, non-zero number of seats taken."""

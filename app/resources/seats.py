@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from app.bookings.capacity import Interval, occupancy
-from app.bookings.status import HOLDS_SEATS
 from app.db.tables import Booking, Resource
+from app.resources.capacity import HOLDS_SEATS, Interval, occupancy
 from app.resources.schemas import Availability, BusyInterval
 
 

@@ -1,0 +1,95 @@
+"""Sending one queued delivery: claim it, render, send, record; retry with backoff, or fail for good.
+
+`send_delivery` is the body of the `send_email` job (workers/jobs.py). It is idempotent: running it
+twice — a retry, two workers, a sweep re-enqueueing it — sends at most what one run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from app.db.tables import EmailDelivery, User
+from app.effects import Effects
+from app.email.rendering import TemplateProblem, render
+from app.email.sending import Undeliverable, build_message, check_recipient, deliver
+from app.email.services import effective_template
+from app.job_queue import EMAIL_QUEUE, SEND_EMAIL, email_job_id
+from app.metrics import count_worker_event
+from app.realtime.events import role_channel
+
+log = logging.getLogger(__name__)
+
+
+class RecipientDeactivated(Undeliverable):
+    """The delivery's recipient is a deactivated account: it ends `failed`, quietly (no alert)."""
+
+
+async def send_delivery(effects: Effects, delivery_id: str) -> None:
+    """Send one delivery, exactly once as far as Bookwire can tell (see `_claim`)."""
+    settings = effects.settings
+    row = await _claim(uuid.UUID(delivery_id), settings.email_send_timeout)
+    if row is None:
+        return  # sent, failed for good, or being sent by someone else right now
+    try:
+        check_recipient(row["to_address"])  # a malformed address stored before addresses were checked
+        if await User.exists().where(User.email == row["to_address"].lower(), User.active == False):  # noqa: E712
+            raise RecipientDeactivated(f"{row['to_address']} belongs to a deactivated account; not sent")
+        # Blocks this worker's loop for at most the sandbox's time limit; nothing else runs on it meanwhile.
+        rendered = render(await effective_template(row["template_key"]), msgspec.json.decode(row["context"]))
+        deliver(settings, build_message(settings, row["to_address"], rendered, row["message_id"]), delivery_id,
+                row["to_address"])
+    except Exception as exc:  # SMTP refused or down, template broken since it was queued, ...
+        await _failed_attempt(effects, row, exc)
+        return
+    now = datetime.now(UTC)
+    await EmailDelivery.update({"status": "sent", "sent_at": now, "updated_at": now, "last_error": None,
+                                "claimed_until": None}).where(EmailDelivery.id == row["id"])
+    count_worker_event(effects.jobs.connection, "emails_sent")
+
+
+async def _claim(delivery_id: uuid.UUID, send_timeout: int) -> dict[str, Any] | None:
+    """Mark the delivery `sending` for one attempt, unless it is sent, failed, or claimed by a live
+    attempt. A claim expires after the send timeout, so a worker killed mid-send is retried — once
+    the SMTP conversation it was in can no longer complete."""
+    now = datetime.now(UTC)
+    claimable = (EmailDelivery.status == "queued") | (
+        (EmailDelivery.status == "sending") & (EmailDelivery.claimed_until < now)
+    )
+    rows = await EmailDelivery.update({
+        EmailDelivery.status: "sending", EmailDelivery.attempts: EmailDelivery.attempts + 1,
+        EmailDelivery.claimed_until: now + timedelta(seconds=send_timeout + 5), EmailDelivery.updated_at: now,
+    }).where(EmailDelivery.id == delivery_id, claimable).returning(*EmailDelivery.all_columns())
+    return rows[0] if rows else None
+
+
+async def _failed_attempt(effects: Effects, row: dict[str, Any], exc: Exception) -> None:
+    intervals = effects.settings.email_retry_intervals
+    attempt = row["attempts"]
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    now = datetime.now(UTC)
+    # No retry can fix a broken template or a recipient that cannot or must not be mailed.
+    give_up = attempt > len(intervals) or isinstance(exc, TemplateProblem | Undeliverable)
+    await EmailDelivery.update({"status": "failed" if give_up else "queued", "last_error": error,
+                                "updated_at": now, "claimed_until": None}).where(EmailDelivery.id == row["id"])
+    if isinstance(exc, RecipientDeactivated):
+        count_worker_event(effects.jobs.connection, "emails_failed")
+        log.info("email %s not sent: %s", row["id"], error)  # by design: nothing for an admin to do
+        return
+    if give_up:
+        count_worker_event(effects.jobs.connection, "emails_failed")
+        log.error("email %s to %s failed for good after %d attempts: %s", row["id"], row["to_address"], attempt,
+                  error)
+        await effects.bus.publish("system.alert", [role_channel("admin")], {
+            "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
+            "template_key": row["template_key"], "attempts": attempt, "error": error,
+        })
+        return
+    delay = intervals[attempt - 1]
+    log.warning("email %s attempt %d failed (%s); retrying in %d s", row["id"], attempt, error, delay)
+    effects.jobs.schedule(now + timedelta(seconds=delay), SEND_EMAIL, str(row["id"]),
+                          job_id=email_job_id(row["id"], attempt + 1), queue=EMAIL_QUEUE)

@@ -1,0 +1,78 @@
+"""Sending one message: building it, and handing it to SMTP or to the outbox folder.
+
+A message goes to exactly one recipient: the SMTP envelope is given explicitly (never read from
+the headers), and an address that is not a plain `Email` (one stored before addresses were checked
+strictly) is `Undeliverable` at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import ssl
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+
+from app.email.rendering import Rendered
+from app.settings import Settings
+from app.wire import EMAIL_PATTERN
+
+log = logging.getLogger(__name__)
+
+_PLAIN_ADDRESS = re.compile(EMAIL_PATTERN)
+
+
+class Undeliverable(ValueError):
+    """A recipient no message can go to (not a plain address, or a deactivated account): no retry helps."""
+
+
+def check_recipient(to_address: str) -> None:
+    """Undeliverable unless `to_address` is one plain address (the rule of `app.wire.Email`)."""
+    if len(to_address) > 254 or not _PLAIN_ADDRESS.match(to_address):
+        raise Undeliverable(f"{to_address[:300]!r} is not a single plain email address; not sent")
+
+
+def build_message(settings: Settings, to_address: str, rendered: Rendered, message_id: str) -> EmailMessage:
+    """A multipart/alternative message (text and HTML) with a stable Message-ID."""
+    message = EmailMessage()
+    message["Subject"] = rendered.subject
+    message["From"] = settings.smtp_from
+    message["To"] = to_address
+    message["Message-ID"] = message_id
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    return message
+
+
+def new_message_id(delivery_id: str, settings: Settings) -> str:
+    """`<delivery-id@host>`: the same on every retry, so receivers can tell a resend."""
+    domain = settings.smtp_from.rsplit("@", 1)[-1].strip("> ") or "bookwire.local"
+    return f"<{delivery_id}@{domain}>"
+
+
+def deliver(settings: Settings, message: EmailMessage, delivery_id: str, to_address: str) -> None:
+    """Send by SMTP when SMTP_HOST is set, else write `$DATA_DIR/outbox/<delivery id>.eml`.
+
+    The envelope is `to_address` alone: `send_message` would otherwise take its recipients from the
+    To/Cc/Bcc headers, which must never be able to add one."""
+    check_recipient(to_address)
+    if settings.smtp_host is None:
+        outbox = settings.data_dir / "outbox"
+        outbox.mkdir(parents=True, exist_ok=True)
+        path = outbox / f"{delivery_id}.eml"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(bytes(message))
+        temporary.replace(path)  # atomic: a reader never sees half a message, a retry overwrites
+        log.info("simulation mode: email %s to %s written to %s", message["Message-ID"], message["To"], path)
+        return
+    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.email_send_timeout) as smtp:
+        if settings.smtp_starttls:
+            smtp.starttls(context=ssl.create_default_context())
+        if settings.smtp_username:
+            smtp.login(settings.smtp_username, settings.smtp_password or "")
+        smtp.send_message(message, from_addr=parseaddr(settings.smtp_from)[1] or settings.smtp_from,
+                          to_addrs=[to_address])
+    log.info("email %s sent to %s through %s", message["Message-ID"], message["To"], settings.smtp_host)

@@ -1,0 +1,79 @@
+"""Periodic upkeep, run by the workers: the sweep that re-enqueues lost jobs, and the cleanup.
+
+- sweep: re-enqueue work whose job went missing (a killed worker, a Redis that lost its schedule).
+- cleanup: trim event history past retention, delete old fired reminders and read notifications.
+
+`install_periodic_jobs` registers both with rq-scheduler (`bookwire scheduler` calls it at start).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.db.tables import Booking, EmailDelivery, Notification, Reminder
+from app.effects import Effects
+from app.job_queue import (
+    CLEANUP,
+    EMAIL_QUEUE,
+    EXPIRE_BOOKING,
+    FIRE_DUE_REMINDERS,
+    REMINDERS_JOB_PREFIX,
+    SEND_EMAIL,
+    SWEEP,
+    JobQueue,
+    email_job_id,
+    expiry_job_id,
+)
+from app.realtime.bus import CHANNEL_STREAM_PATTERN, GLOBAL_STREAM
+
+SWEEP_INTERVAL_SECONDS = 10
+CLEANUP_INTERVAL_SECONDS = 3600
+KEEP_DAYS = 30
+
+
+async def sweep(effects: Effects) -> None:
+    """Re-enqueue what is due but has no job any more; every job it touches is idempotent."""
+    jobs = effects.jobs
+    now = datetime.now(UTC)
+    late = now - timedelta(seconds=3)
+    if await Reminder.exists().where(Reminder.status == "scheduled", Reminder.due_at < late):
+        jobs.enqueue(FIRE_DUE_REMINDERS, job_id=f"{REMINDERS_JOB_PREFIX}-sweep")
+    # A queued delivery waits at most the longest retry interval for its job; past that, the job is lost.
+    forgotten = now - timedelta(seconds=max(effects.settings.email_retry_intervals or (0,)) + 30)
+    waiting = await EmailDelivery.select(EmailDelivery.id, EmailDelivery.attempts).where(
+        ((EmailDelivery.status == "sending") & (EmailDelivery.claimed_until < now))
+        | ((EmailDelivery.status == "queued") & (EmailDelivery.updated_at < forgotten))
+    )
+    for row in waiting:
+        jobs.enqueue(SEND_EMAIL, str(row["id"]), job_id=email_job_id(row["id"], row["attempts"]) + "-sweep",
+                     queue=EMAIL_QUEUE)
+    deadline: Any = Booking.resource_id.response_deadline_seconds  # a column of the joined resource
+    pending = await Booking.select(Booking.id, Booking.created_at, deadline.as_alias("deadline")).where(
+        Booking.status == "pending", deadline.is_not_null()
+    )
+    for row in pending:
+        seconds = row["deadline"]
+        if seconds and row["created_at"] + timedelta(seconds=seconds) < late:
+            jobs.enqueue(EXPIRE_BOOKING, str(row["id"]), job_id=expiry_job_id(row["id"]) + "-sweep")
+
+
+async def cleanup(effects: Effects) -> None:
+    """Trim event history past retention; delete fired reminders and read notifications > 30 days old."""
+    cutoff = datetime.now(UTC) - timedelta(days=KEEP_DAYS)
+    await Reminder.delete().where(Reminder.status != "scheduled", Reminder.due_at < cutoff)
+    await Notification.delete().where(Notification.read_at.is_not_null(), Notification.read_at < cutoff)
+    min_id = max(int(datetime.now(UTC).timestamp() * 1000) - effects.settings.stream_retention * 1000, 0)
+    redis = effects.jobs.connection
+    redis.xtrim(GLOBAL_STREAM, minid=min_id, approximate=False)
+    for key in redis.scan_iter(match=CHANNEL_STREAM_PATTERN, count=1000):
+        redis.xtrim(key, minid=min_id, approximate=False)
+        if redis.xlen(key) == 0:
+            redis.delete(key)
+
+
+def install_periodic_jobs(jobs: JobQueue) -> None:
+    """Register sweep and cleanup with rq-scheduler under fixed ids (re-registering replaces them)."""
+    for job_id, job, interval in (("bookwire-periodic-sweep", SWEEP, SWEEP_INTERVAL_SECONDS),
+                                  ("bookwire-periodic-cleanup", CLEANUP, CLEANUP_INTERVAL_SECONDS)):
+        jobs.schedule_periodic(job, job_id=job_id, interval=interval, timeout=600)

@@ -1,1 +1,0 @@
-"""Reminders before confirmed bookings, and response deadlines of pending ones."""
