@@ -31,129 +31,49 @@ import contextlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common import (  # noqa: E402
+    POSTGRES_URL,
+    Actor,
+    api_server,
+    create_resources,
+    fmt,
+    keep_log,
+    percentile,
+    postgres_reachable,
+    register_users,
+    server_log_problems,
+)
 from procs import (  # noqa: E402
-    CLK_TCK,
-    die_with_parent,
+    busy_cores,
+    cpu_seconds,
     machine_busy_seconds,
     own_cpu_seconds,
-    stat_fields,
+    postgres_cpu_by_pid,
+    postgres_cpu_delta,
     stop_process,
-    tail,
 )
 
-from app.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from app.embedded_redis import EmbeddedRedis  # noqa: E402
 
-POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-PASSWORD = "bench-password-123"
 REQUEST_TIMEOUT = 60.0          # seconds, per request
-SERVER_START_TIMEOUT = 60.0     # seconds until /health answers
-MIGRATE_TIMEOUT = 180.0
 SLOT = timedelta(hours=1)       # bookings on one resource start an hour apart ...
 BOOKING_LENGTH = timedelta(minutes=30)  # ... and last half an hour: never adjacent, never overlapping
-
-
-# --------------------------------------------------------------------------------------------------
-# Processes and CPU accounting
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of one process (all its threads), or None when it cannot be read."""
-    fields = stat_fields(pid)
-    return None if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def postgres_cpu_by_pid() -> dict[int, float]:
-    """utime + stime of every process named `postgres` on this machine (server and backends)."""
-    found: dict[int, float] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        if text[text.index("(") + 1:text.rindex(")")] == "postgres":
-            fields = text[text.rindex(")") + 2:].split()
-            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return found
-
-
-def postgres_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU used between two snapshots by the postgres processes alive at the second one
-    (a backend that exited in between is not counted; the API's pool keeps its connections)."""
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
-
-
-def bookwire_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "JWT_", "ADMIN_"))}
-    env.update(overrides)
-    return env
-
-
-def bookwire(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=env, cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-
-
-def wait_for_health(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bookwire api exited with {process.returncode}:\n{tail(log)}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"bookwire api did not answer /health within {SERVER_START_TIMEOUT} s:\n{tail(log)}")
-
-
-def server_log_problems(path: Path) -> tuple[int, int, str]:
-    """Tracebacks and ERROR/WARNING lines in the API log, and the first traceback's text."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return 0, 0, ""
-    lines = text.splitlines()
-    tracebacks = sum(1 for line in lines if line.startswith("Traceback"))
-    errors = sum(1 for line in lines if line.startswith(("ERROR", "WARNING")) or " ERROR " in line
-                 or " WARNING " in line)
-    first = ""
-    if tracebacks:
-        start = next(i for i, line in enumerate(lines) if line.startswith("Traceback"))
-        first = "\n".join(lines[max(0, start - 2):start + 40])
-    return tracebacks, errors, first
-
-
-def run_sql(url: str, sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(url, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,11 +108,7 @@ class PhaseResult:
 
     def percentile(self, q: float) -> float:
         """Nearest-rank percentile of all latencies (successful or not)."""
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        rank = max(1, -(-int(q * len(ordered) * 1000) // 1000))  # ceil(q * n) without float noise
-        return ordered[min(rank, len(ordered)) - 1]
+        return percentile(self.latencies_ms, q)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -204,13 +120,6 @@ class PhaseResult:
             "client_cpu_seconds": self.client_cpu, "machine_busy_cpu_seconds": self.machine_cpu,
             "other_cpu_seconds": self.other_cpu,
         }
-
-
-@dataclass
-class Actor:
-    id: str
-    role: str
-    headers: dict[str, str]
 
 
 @dataclass
@@ -234,31 +143,9 @@ class Fixture:
         return customer, body
 
 
-async def register(client: httpx.AsyncClient, role: str, tag: str) -> Actor:
-    email = f"bench-{role}-{tag}-{uuid.uuid4().hex[:10]}@example.test"
-    answer = await client.post("/v1/auth/register", json={
-        "email": email, "password": PASSWORD, "name": f"Bench {role} {tag}", "role": role})
-    if answer.status_code != 201:
-        raise RuntimeError(f"register {role}: {answer.status_code} {answer.text[:500]}")
-    body = answer.json()
-    return Actor(body["user"]["id"], role, {"Authorization": f"Bearer {body['access_token']}"})
-
-
 async def set_up(client: httpx.AsyncClient, customers: int, resources: int) -> Fixture:
-    actors = await asyncio.gather(
-        register(client, "provider", "p0"), *(register(client, "customer", f"c{i}") for i in range(customers))
-    )
-    provider, customer_list = actors[0], list(actors[1:])
-
-    async def make_resource(i: int) -> str:
-        answer = await client.post("/v1/resources", headers=provider.headers, json={
-            "name": f"Bench room {i}", "kind": "room", "capacity": 1, "requires_confirmation": True,
-            "price_cents": 1500, "currency": "EUR", "timezone": "UTC"})
-        if answer.status_code != 201:
-            raise RuntimeError(f"create resource: {answer.status_code} {answer.text[:500]}")
-        return str(answer.json()["id"])
-
-    resource_ids = list(await asyncio.gather(*(make_resource(i) for i in range(resources))))
+    provider, customer_list = await register_users(client, customers)
+    resource_ids = await create_resources(client, provider, resources)
     base = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     return Fixture(customer_list, provider, resource_ids, base)
 
@@ -376,10 +263,6 @@ async def measure(base_url: str, args: argparse.Namespace, pids: Pids) -> tuple[
 # Reporting
 
 
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def report(engine: str, args: argparse.Namespace, fixture: Fixture, results: list[PhaseResult],
            api_pid: int | None, log_problems: tuple[int, int, str] | None) -> str:
     out = []
@@ -431,61 +314,23 @@ def report(engine: str, args: argparse.Namespace, fixture: Fixture, results: lis
 def bench_engine(engine: str, args: argparse.Namespace, redis_url: str, workdir: Path) -> tuple[str, bool, dict]:
     data_dir = workdir / engine
     data_dir.mkdir()
-    log = data_dir / "api.log"
-    pg_database = None
-    process = None
-    try:
-        if engine == "sqlite":
-            database_url = f"sqlite:///{data_dir / 'bookwire.sqlite3'}"
-        else:
-            pg_database = f"bookwire_bench_{uuid.uuid4().hex[:12]}"
-            run_sql(args.postgres_url, f'CREATE DATABASE "{pg_database}"')
-            database_url = args.postgres_url.rsplit("/", 1)[0] + "/" + pg_database
-        port = free_port()
-        env = bookwire_env(DATABASE_URL=database_url, REDIS_URL=redis_url, DATA_DIR=str(data_dir),
-                           PORT=str(port), HOST="127.0.0.1", JWT_SECRET=secrets.token_urlsafe(48))
-        migrate = bookwire("migrate", env=env, log=log)
-        try:
-            code = migrate.wait(timeout=MIGRATE_TIMEOUT)
-        finally:
-            stop_process(migrate)
-        if code != 0:
-            raise RuntimeError(f"bookwire migrate exited with {code}:\n{tail(log)}")
-        process = bookwire("api", env=env, log=log)
-        base_url = f"http://127.0.0.1:{port}"
-        wait_for_health(base_url, process, log)
-        print(f"[{engine}] api pid {process.pid} at {base_url}; measuring ...", flush=True)
+    with api_server(engine, data_dir, redis_url, args.postgres_url) as server:
+        process = server.process
+        print(f"[{engine}] api pid {process.pid} at {server.base_url}; measuring ...", flush=True)
         pids = Pids(process.pid, measure_postgres=engine == "postgres")
-        fixture, results = asyncio.run(measure(base_url, args, pids))
+        fixture, results = asyncio.run(measure(server.base_url, args, pids))
         alive = process.poll() is None
         stop_process(process)
-        problems = server_log_problems(log)
+        problems = server_log_problems(server.log)
         text = report(engine, args, fixture, results, process.pid, problems)
         if not alive:
             text += f"\n!! the API process exited during the run (code {process.returncode})"
         ok = alive and problems[0] == 0 and all(r.ok == r.requests for r in results)
         if args.keep_logs or not ok:
-            kept = REPO / "bench" / "results" / f"api-{engine}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(log, kept)
+            kept = keep_log(server.log, f"api-{engine}")
             text += f"\nserver log kept in {kept.relative_to(REPO)}"
         return text, ok, {"engine": engine, "phases": [r.as_dict() for r in results],
                           "server_log_tracebacks": problems[0]}
-    finally:
-        stop_process(process)
-        if pg_database:
-            try:
-                run_sql(args.postgres_url, f'DROP DATABASE IF EXISTS "{pg_database}" WITH (FORCE)')
-            except Exception as exc:  # report, but keep cleaning up the rest
-                print(f"!! could not drop database {pg_database}: {exc}", file=sys.stderr)
-
-
-def postgres_reachable(url: str) -> bool:
-    try:
-        run_sql(url, "SELECT 1")
-    except Exception:
-        return False
-    return True
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -529,9 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     texts: list[str] = []
     records: list[dict] = []
     all_ok = True
-    busy0 = machine_busy_seconds()
-    time.sleep(1.0)
-    idle_load = machine_busy_seconds() - busy0
+    idle_load = busy_cores(1.0)
     print(f"bench/bookings.py: concurrency {args.concurrency}, {args.requests} requests per phase, "
           f"{os.cpu_count()} cores; before starting, the machine was busy {idle_load:.2f} of "
           f"{os.cpu_count()} cores", flush=True)
