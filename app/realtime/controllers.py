@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from app.errors import PermissionDenied, Unauthorized, Unprocessable
 from app.realtime import poll as long_poll
-from app.realtime.access import connection_channels, event_principal
+from app.realtime.access import EventPrincipal, connection_channels, event_principal
 from app.realtime.events import is_channel
 from app.realtime.schemas import EventPublish, PollResult, PublishResult
 from app.security import bearer_token, token_kind, user_from_claims
@@ -38,20 +38,31 @@ async def event_publisher(request: ASGIConnection[Any, Any, Any, Any]) -> str:
     return publisher
 
 
+async def poll_principal(request: ASGIConnection[Any, Any, Any, Any]) -> EventPrincipal:
+    """Dependency of the long-poll: who polls (header token, or a stream token in `access_token`).
+    Kept on the request: the query check asks first, so a stranger gets 401 before any 422."""
+    cached: EventPrincipal | None = request.state.get("event_principal")
+    if cached is not None:
+        return cached
+    principal = await event_principal(request.app.state.tokens, request.headers.get("authorization"),
+                                      request.query_params.get("access_token"))
+    request.state.event_principal = principal
+    return principal
+
+
 class EventController(Controller):
     path = "/v1/events"
     tags = ["events"]
 
-    @get("/poll", operation_id="pollEvents")
+    @get("/poll", operation_id="pollEvents", dependencies={"principal": Provide(poll_principal)})
     async def poll(
-        self, request: Request,
+        self, request: Request, principal: EventPrincipal,
         cursor: Annotated[str | None, Parameter(description="the last cursor received; unreadable: 400")] = None,
         timeout: Annotated[int, Parameter(ge=0, le=60)] = 25,
         topics: Annotated[str | None, Parameter(max_length=5000)] = None,
-        access_token: Annotated[str | None, Parameter(description="a stream token")] = None,
+        access_token: Annotated[str | None, Parameter(description="a stream token")] = None,  # read by the dependency
     ) -> PollResult:
         state: Any = request.app.state
-        principal = await event_principal(state.tokens, request.headers.get("authorization"), access_token)
         channels = await connection_channels(principal.user, topics)
         await state.presence.seen(principal.user.id, principal.user.role)
         return await long_poll.poll(state.bus, state.hub, state.presence, principal.user, channels, cursor, timeout)

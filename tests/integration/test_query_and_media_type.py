@@ -50,6 +50,9 @@ def test_repeated_query_parameter_is_422(cast: Cast) -> None:
 def test_unknown_query_parameter_without_a_token_is_401(server: Server) -> None:
     with server.client() as anonymous:
         assert_problem(anonymous.get("/v1/notifications", params={"type": "x"}), 401)
+        assert_problem(anonymous.get("/v1/events/poll", params={"timeout": "0", "x": "1"}), 401)
+        bad_stream_token = {"timeout": "0", "x": "1", "access_token": "not.a.token"}
+        assert_problem(anonymous.get("/v1/events/poll", params=bad_stream_token), 401)
 
 
 def test_stream_refuses_unknown_and_repeated_parameters_with_422(server: Server, cast: Cast) -> None:
