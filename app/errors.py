@@ -165,9 +165,11 @@ _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 _REGEX = re.compile(r"Expected `str` matching regex ('.*')")
 
 
+_HINTS_BY_QUOTED_PATTERN = {repr(pattern): hint for pattern, hint in PATTERN_HINTS.items()}  # as msgspec quotes it
+
+
 def _pattern_hint(match: re.Match[str]) -> str:
-    hints = {repr(pattern): hint for pattern, hint in PATTERN_HINTS.items()}
-    return hints.get(match.group(1), "must not contain control characters, or has the wrong format")
+    return _HINTS_BY_QUOTED_PATTERN.get(match.group(1), "must not contain control characters, or has the wrong format")
 
 
 def field_error(message: str, default_field: str = "body") -> FieldError:

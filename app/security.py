@@ -17,9 +17,11 @@ Bookwire mints carry `iat` to the millisecond, so a token minted right after suc
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 import jwt
 import msgspec
@@ -215,20 +217,32 @@ async def user_from_claims(claims: dict[str, Any]) -> AuthUser:
     return AuthUser(id=row["id"], role=row["role"], email=row["email"], name=row["name"])
 
 
-async def current_user(request: ASGIConnection[Any, Any, Any, Any]) -> AuthUser:
-    """Dependency: the user behind an access token (stream and service tokens are refused here).
-
-    The result is kept on the request, because `validate_body` authenticates before the body is
-    read (a stranger gets 401, not a lecture about their JSON) and the handler needs it again."""
-    cached: AuthUser | None = request.state.get("auth_user")
-    if cached is not None:
-        return cached
-    user = await _authenticate(request)
-    request.state.auth_user = user
-    return user
+Connection = ASGIConnection[Any, Any, Any, Any]
+T = TypeVar("T")
+Dependency = Callable[[Connection], Awaitable[T]]
 
 
-async def _authenticate(request: ASGIConnection[Any, Any, Any, Any]) -> AuthUser:
+def once_per_request(key: str) -> Callable[[Dependency[T]], Dependency[T]]:
+    """Keep an authenticating dependency's answer on the request under `key`: `validate_request`
+    authenticates before it reads the query and the body (a stranger gets 401, not a lecture about
+    their JSON), and the handler then asks again."""
+
+    def decorate(find: Dependency[T]) -> Dependency[T]:
+        @functools.wraps(find)
+        async def remembered(request: Connection) -> T:
+            if key not in request.state:
+                request.state[key] = await find(request)
+            answer: T = request.state[key]
+            return answer
+
+        return remembered
+
+    return decorate
+
+
+@once_per_request("auth_user")
+async def current_user(request: Connection) -> AuthUser:
+    """Dependency: the user behind an access token (stream and service tokens are refused here)."""
     codec: TokenCodec = request.app.state.tokens
     claims = codec.decode(bearer_token(request))
     kind = token_kind(claims)

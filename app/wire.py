@@ -40,6 +40,16 @@ PATTERN_HINTS = {
                    " internationalised addresses are not supported)",
 }
 """Messages for 422s on patterned fields, which say more than "has the wrong format"."""
+
+
+def is_plain_address(text: str) -> bool:
+    """Whether `text` passes `Email`'s rule (length and pattern), for addresses that do not come in a
+    request body: the admin bootstrap's, and stored ones at send time."""
+    try:
+        msgspec.convert(text, Email)
+    except msgspec.ValidationError:
+        return False
+    return True
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 Currency = Annotated[str, msgspec.Meta(pattern=rf"^[A-Z]{{3}}{END}")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,7 @@ from app.errors import Conflict, NotFound, PermissionDenied, Unauthorized, Unpro
 from app.pagination import keyset_page
 from app.realtime.bus import EventBus
 from app.security import AuthUser, hash_password, issued_now, verify_password
-from app.wire import EMAIL_PATTERN
+from app.wire import is_plain_address
 
 
 def to_user_read(row: dict[str, Any]) -> UserRead:
@@ -69,7 +68,7 @@ async def ensure_admin(email: str, password: str) -> UserRead:
     An account someone registered is never promoted: its owner chose the password, and its old
     tokens would become admin tokens. Resetting an existing admin's password revokes its tokens."""
     email = email.strip().lower()
-    if not re.search(EMAIL_PATTERN, email):  # the same rule as registration: one plain address
+    if not is_plain_address(email):  # the same rule as registration: one plain address
         raise Unprocessable.field("email", f"{email!r} is not a single plain e-mail address such as admin@example.com")
     row = await User.select(*_PUBLIC_COLUMNS, User.password_hash).where(User.email == email).first()
     if row is None:

@@ -107,8 +107,7 @@ async def _history(booking_id: uuid.UUID, action: str, actor_id: uuid.UUID | Non
 async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
     """The resource row if it may take bookings now, else 422 (the same answer whatever the reason)."""
     resource = await Resource.select(*Resource.all_columns()).where(
-        Resource.id == resource_id, Resource.deleted_at.is_null(), Resource.active == True,  # noqa: E712
-        Resource.owner_id.active == True,  # noqa: E712  # a deactivated provider takes no bookings
+        Resource.id == resource_id, Resource.offered()  # a deactivated provider takes no bookings
     ).first()
     if resource is None:
         raise Unprocessable.field("resource_id", "no active resource has this id")

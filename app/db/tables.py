@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from piccolo.columns import (
     JSONB,
     UUID,
@@ -49,6 +51,13 @@ class Resource(Table, tablename="resources"):
     deleted_at = Timestamptz(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
     updated_at = Timestamptz(default=TimestamptzNow())
+
+    @classmethod
+    def offered(cls) -> Any:
+        """The condition of a resource that anyone may see, follow and book: active, not deleted,
+        and its owner's account active (a deactivated provider's resources are offered to nobody)."""
+        owner_active: Any = cls.owner_id.active  # a column of the joined owner
+        return (cls.active == True) & cls.deleted_at.is_null() & (owner_active == True)  # noqa: E712
 
 
 class Booking(Table, tablename="bookings"):

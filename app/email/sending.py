@@ -8,7 +8,6 @@ strictly) is `Undeliverable` at once.
 from __future__ import annotations
 
 import logging
-import re
 import smtplib
 import ssl
 from datetime import UTC, datetime
@@ -17,11 +16,10 @@ from email.utils import format_datetime, parseaddr
 
 from app.email.rendering import Rendered
 from app.settings import Settings
-from app.wire import EMAIL_PATTERN
+from app.wire import is_plain_address
 
 log = logging.getLogger(__name__)
 
-_PLAIN_ADDRESS = re.compile(EMAIL_PATTERN)
 
 
 class Undeliverable(ValueError):
@@ -30,7 +28,7 @@ class Undeliverable(ValueError):
 
 def check_recipient(to_address: str) -> None:
     """Undeliverable unless `to_address` is one plain address (the rule of `app.wire.Email`)."""
-    if len(to_address) > 254 or not _PLAIN_ADDRESS.match(to_address):
+    if not is_plain_address(to_address):
         raise Undeliverable(f"{to_address[:300]!r} is not a single plain email address; not sent")
 
 

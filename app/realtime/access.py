@@ -69,8 +69,7 @@ async def connection_channels(user: AuthUser, topics: str | None) -> list[str]:
         channels.append(topic)
     if resource_ids:
         rows: list[dict[str, Any]] = await Resource.select(Resource.id).where(
-            Resource.id.is_in(resource_ids), Resource.active == True, Resource.deleted_at.is_null(),  # noqa: E712
-            Resource.owner_id.active == True,  # noqa: E712
+            Resource.id.is_in(resource_ids), Resource.offered()
         )
         missing = set(resource_ids) - {r["id"] for r in rows}
         if missing:

@@ -12,17 +12,15 @@ from app.realtime import poll as long_poll
 from app.realtime.access import EventPrincipal, connection_channels, event_principal
 from app.realtime.events import is_channel
 from app.realtime.schemas import EventPublish, PollResult, PublishResult
-from app.security import bearer_token, token_kind, user_from_claims
+from app.security import bearer_token, once_per_request, token_kind, user_from_claims
 
 RESERVED_PREFIXES = ("booking.", "resource.", "notification.", "reminder.", "stream.", "system.", "announcement")
 
 
+@once_per_request("publisher")
 async def event_publisher(request: ASGIConnection[Any, Any, Any, Any]) -> str:
     """Dependency of `POST /v1/events`: who publishes (`service:<sub>` or `user:<id>` of an admin);
-    401 for a stream token, 403 for anyone else. Kept on the request: `validate_body` asks first."""
-    cached: str | None = request.state.get("publisher")
-    if cached is not None:
-        return cached
+    401 for a stream token, 403 for anyone else."""
     claims = request.app.state.tokens.decode(bearer_token(request))
     kind = token_kind(claims)
     if kind == "stream":
@@ -34,20 +32,14 @@ async def event_publisher(request: ASGIConnection[Any, Any, Any, Any]) -> str:
         if not user.is_admin:
             raise PermissionDenied("Only admins and service tokens with the events:publish scope may publish.")
         publisher = f"user:{user.id}"
-    request.state.publisher = publisher
     return publisher
 
 
+@once_per_request("event_principal")
 async def poll_principal(request: ASGIConnection[Any, Any, Any, Any]) -> EventPrincipal:
-    """Dependency of the long-poll: who polls (header token, or a stream token in `access_token`).
-    Kept on the request: the query check asks first, so a stranger gets 401 before any 422."""
-    cached: EventPrincipal | None = request.state.get("event_principal")
-    if cached is not None:
-        return cached
-    principal = await event_principal(request.app.state.tokens, request.headers.get("authorization"),
-                                      request.query_params.get("access_token"))
-    request.state.event_principal = principal
-    return principal
+    """Dependency of the long-poll: who polls (header token, or a stream token in `access_token`)."""
+    return await event_principal(request.app.state.tokens, request.headers.get("authorization"),
+                                 request.query_params.get("access_token"))
 
 
 class EventController(Controller):

@@ -101,9 +101,8 @@ async def list_resources(
 ) -> tuple[list[ResourceRead], str | None]:
     """Offered resources for everyone; a provider also sees their inactive ones, an admin all."""
     query = Resource.select(*Resource.all_columns()).where(Resource.deleted_at.is_null())
-    if not user.is_admin:  # offered: active, and its owner's account too
-        offered = (Resource.active == True) & (Resource.owner_id.active == True)  # noqa: E712
-        query = query.where(offered | (Resource.owner_id == user.id))
+    if not user.is_admin:
+        query = query.where(Resource.offered() | (Resource.owner_id == user.id))
     if owner_id is not None:
         query = query.where(Resource.owner_id == owner_id)
     if kind is not None:
