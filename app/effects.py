@@ -1,30 +1,37 @@
-"""What a committed change sets in motion: events on the bus, and jobs for the workers."""
+"""What services need to set things in motion: the outbox (through `change()`), and for the few
+things that are not changes of stored data, the bus and the job queue themselves."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
 
 from app.job_queue import JobQueue
+from app.outbox.change import Change, recorded_change
+from app.outbox.relay import Relay
 from app.realtime.bus import EventBus
 from app.settings import Settings
 
 
 @dataclass(frozen=True)
 class Effects:
-    """The bus, the job queue and the settings both need, passed to services as one thing."""
+    """The relay, bus, job queue and settings, passed to services as one thing."""
 
     bus: EventBus
     jobs: JobQueue
     settings: Settings
+    relay: Relay
 
-    async def run(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call a job-queue method off the event loop (RQ and rq-scheduler speak synchronous Redis)."""
-        return await asyncio.to_thread(call, *args, **kwargs)
+    def change(self) -> AbstractAsyncContextManager[Change]:
+        """A write transaction whose side effects are recorded with it (see app/outbox/change.py)."""
+        return recorded_change(self.relay)
+
+
+def make_effects(bus: EventBus, jobs: JobQueue, settings: Settings) -> Effects:
+    return Effects(bus, jobs, settings, Relay(bus, jobs))
 
 
 async def provide_effects(request: Request[Any, Any, Any]) -> Effects:

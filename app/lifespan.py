@@ -1,5 +1,5 @@
 """What an API process opens at start and closes at stop: the database engine, Redis, the event
-bus's live subscription, the hub's ticker and the presence refresher."""
+bus's live subscription, the outbox relay, the hub's ticker and the presence refresher."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.accounts.services import ensure_admin
 from app.db.engine import close_engine, open_engine
-from app.effects import Effects
+from app.effects import make_effects
 from app.errors import AppError
 from app.job_queue import JobQueue
 from app.realtime.bus import EventBus
@@ -75,12 +75,13 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
         bus = EventBus(redis, settings.stream_retention)
         presence = Presence(redis, hub)
         jobs = JobQueue(SyncRedis.from_url(settings.redis_url, socket_connect_timeout=2))
-        effects = Effects(bus, jobs, settings)
+        effects = make_effects(bus, jobs, settings)
         app.state.update(redis=redis, hub=hub, bus=bus, presence=presence, effects=effects)
         ready = asyncio.Event()
         tasks = [
             asyncio.create_task(bus.follow(hub.dispatch, _on_control(hub), ready), name="bus-follow"),
             asyncio.create_task(hub.run_ticker(), name="hub-ticker"),
+            asyncio.create_task(effects.relay.run(), name="outbox-relay"),
             asyncio.create_task(_every(REFRESH_SECONDS, presence.publish_counts), name="presence"),
         ]
         try:

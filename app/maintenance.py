@@ -1,7 +1,9 @@
 """Periodic upkeep, run by the workers: the sweep that re-enqueues lost jobs, and the cleanup.
 
-- sweep: re-enqueue work whose job went missing (a killed worker, a Redis that lost its schedule).
-- cleanup: trim event history past retention, delete old fired reminders and read notifications.
+- sweep: carry out outbox rows left behind (when no API process runs a relay), and re-enqueue work
+  whose job went missing (a killed worker, a Redis that lost its schedule).
+- cleanup: trim event history past retention, delete old fired reminders, read notifications and
+  Idempotency-Key records past their 24 h.
 
 `install_periodic_jobs` registers both with rq-scheduler (`bookwire scheduler` calls it at start).
 """
@@ -13,6 +15,7 @@ from typing import Any
 
 from app.db.tables import Booking, EmailDelivery, Notification, Reminder
 from app.effects import Effects
+from app.idempotency import forget_expired
 from app.job_queue import (
     CLEANUP,
     EMAIL_QUEUE,
@@ -33,7 +36,9 @@ KEEP_DAYS = 30
 
 
 async def sweep(effects: Effects) -> None:
-    """Re-enqueue what is due but has no job any more; every job it touches is idempotent."""
+    """Carry out outbox rows nobody carried out; re-enqueue what is due but has no job any more.
+    Every job it touches is idempotent."""
+    await effects.relay.drain()
     jobs = effects.jobs
     now = datetime.now(UTC)
     late = now - timedelta(seconds=3)
@@ -63,6 +68,7 @@ async def cleanup(effects: Effects) -> None:
     cutoff = datetime.now(UTC) - timedelta(days=KEEP_DAYS)
     await Reminder.delete().where(Reminder.status != "scheduled", Reminder.due_at < cutoff)
     await Notification.delete().where(Notification.read_at.is_not_null(), Notification.read_at < cutoff)
+    await forget_expired()
     min_id = max(int(datetime.now(UTC).timestamp() * 1000) - effects.settings.stream_retention * 1000, 0)
     redis = effects.jobs.connection
     redis.xtrim(GLOBAL_STREAM, minid=min_id, approximate=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -18,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 from redis import Redis
 
 from app.db.engine import bind_engine, engine_from_url, open_engine
-from app.effects import Effects
+from app.effects import Effects, make_effects
 from app.job_queue import JobQueue
 from app.lifespan import redis_client
 from app.realtime.bus import EventBus
@@ -57,7 +58,7 @@ def start(settings: Settings, connection: Redis) -> WorkerContext:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(open_engine(engine))
     bus = EventBus(redis_client(settings.redis_url), settings.stream_retention)
-    _context = WorkerContext(Effects(bus, JobQueue(connection), settings), loop)
+    _context = WorkerContext(make_effects(bus, JobQueue(connection), settings), loop)
     return _context
 
 
@@ -68,19 +69,32 @@ def current() -> WorkerContext:
     return _context
 
 
+async def _then_relay(effects: Effects, work: Coroutine[Any, Any, R]) -> R:
+    try:
+        return await work
+    finally:
+        if effects.relay.woken:
+            try:
+                await effects.relay.drain()
+            except Exception as exc:  # the rows stay; another relay carries them out
+                logging.getLogger(__name__).warning("outbox relay after job: %s", exc)
+
+
 def job(work: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
     """An RQ job function that runs the coroutine `work` on the worker process's event loop.
 
     RQ finds a job by its module and name, which `functools.wraps` keeps. Should the job be
     interrupted (RQ's timeout raises inside the loop), its task is cancelled, so it does not go on
-    running during the next job."""
+    running during the next job. A job that committed outbox rows carries them out before it ends
+    (a worker runs no background task between jobs); if that fails, the rows wait for the API's
+    relays or the next sweep."""
 
     @functools.wraps(work)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        loop = current().loop
-        task = loop.create_task(work(*args, **kwargs))
+        context = current()
+        task = context.loop.create_task(_then_relay(context.effects, work(*args, **kwargs)))
         try:
-            return loop.run_until_complete(task)
+            return context.loop.run_until_complete(task)
         except BaseException:
             task.cancel()
             raise

@@ -80,4 +80,4 @@ class UserController(Controller):
 
     @patch("/{user_id:uuid}", operation_id="updateUser")
     async def update_user(self, user: AuthUser, user_id: uuid.UUID, data: UserUpdate, request: Request) -> UserRead:
-        return await services.update_user(user, user_id, data, request.app.state.bus)
+        return await services.update_user(user, user_id, data, request.app.state.effects)

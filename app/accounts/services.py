@@ -12,9 +12,9 @@ from app.accounts.schemas import UserRead, UserUpdate
 from app.accounts.throttle import check_sign_in_allowed, record_failed_sign_in
 from app.db.errors import is_unique_violation
 from app.db.tables import User
+from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unauthorized, Unprocessable
 from app.pagination import keyset_page
-from app.realtime.bus import EventBus
 from app.security import AuthUser, hash_password, issued_now, verify_password
 from app.wire import is_plain_address
 
@@ -123,7 +123,7 @@ async def list_users(
     return [to_user_read(r) for r in rows], next_cursor
 
 
-async def set_active(admin: AuthUser, user_id: uuid.UUID, active: bool, bus: EventBus) -> UserRead:
+async def set_active(admin: AuthUser, user_id: uuid.UUID, active: bool, effects: Effects) -> UserRead:
     """Deactivate or reactivate an account; an admin cannot lock themselves out."""
     require_admin(admin)
     user = await get_user(user_id)
@@ -132,15 +132,16 @@ async def set_active(admin: AuthUser, user_id: uuid.UUID, active: bool, bus: Eve
     changes: dict[Any, Any] = {User.active: active}
     if not active:  # tokens issued until now must not work again after a reactivation
         changes[User.tokens_valid_after] = revoked_now()
-    await User.update(changes).where(User.id == user_id)
-    if not active:  # end the user's open streams on every API process
-        await bus.publish_control({"close_user": str(user_id), "reason": "deactivated"})
+    async with effects.change() as change:
+        await User.update(changes).where(User.id == user_id)
+        if not active:  # end the user's open streams on every API process
+            change.control({"close_user": str(user_id), "reason": "deactivated"})
     return to_user_read({**{f: getattr(user, f) for f in user.__struct_fields__}, "active": active})
 
 
-async def update_user(admin: AuthUser, user_id: uuid.UUID, data: UserUpdate, bus: EventBus) -> UserRead:
+async def update_user(admin: AuthUser, user_id: uuid.UUID, data: UserUpdate, effects: Effects) -> UserRead:
     """Admin change to an account (only `active` for now); an empty change is 422."""
     require_admin(admin)
     if not isinstance(data.active, bool):
         raise Unprocessable.field("active", "send active: true or false")
-    return await set_active(admin, user_id, data.active, bus)
+    return await set_active(admin, user_id, data.active, effects)

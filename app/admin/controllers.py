@@ -6,7 +6,7 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import Provide
 
-from app.idempotency import IdempotencyKey, run_once
+from app.idempotency import IdempotencyKey, Remember, run_once
 from app.realtime.events import BROADCAST, role_channel
 from app.security import AuthUser, admin_only, current_user
 from app.wire import FreeText, Name
@@ -43,12 +43,19 @@ class AdminController(Controller):
         state: Any = request.app.state
         channel = BROADCAST if data.audience == "all" else role_channel(data.audience)
 
-        async def publish() -> AnnouncementRead:
+        async def publish(remember: Remember | None) -> AnnouncementRead:
+            # Nothing is stored but the event itself, so this publishes directly (its answer carries
+            # the event's id). With a key, the bus deduplicates too: a retry after a crash between
+            # the publish and the record gets the first event's id, not a second announcement.
             payload = {"title": data.title, "body": data.body, "audience": data.audience}
-            event_id, _ = await state.bus.publish("announcement", [channel], payload)
-            return AnnouncementRead(id=event_id, **payload)
+            dedup = f"announce:{user.id}:{idempotency_key}:{payload}" if remember is not None else None
+            event_id, _ = await state.bus.publish("announcement", [channel], payload, dedup)
+            result = AnnouncementRead(id=event_id, **payload)
+            if remember is not None:
+                await remember(result)
+            return result
 
-        return await run_once(state.redis, user.id, idempotency_key, "announce", data, publish, AnnouncementRead)
+        return await run_once(user.id, idempotency_key, "announce", data, publish, AnnouncementRead)
 
     @get("/presence", operation_id="presence")
     async def presence(self, user: AuthUser, request: Request) -> Presence:

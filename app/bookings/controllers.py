@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from litestar import Controller, Request, get, patch, post
+from litestar import Controller, get, patch, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
@@ -32,11 +32,10 @@ class BookingController(Controller):
 
     @post("/", operation_id="createBooking", status_code=201)
     async def create_booking(
-        self, user: AuthUser, effects: Effects, data: BookingCreate, request: Request,
-        idempotency_key: IdempotencyKey = None,
+        self, user: AuthUser, effects: Effects, data: BookingCreate, idempotency_key: IdempotencyKey = None,
     ) -> BookingRead:
-        return await run_once(request.app.state.redis, user.id, idempotency_key, "createBooking", data,
-                              lambda: services.create_booking(user, data, effects), BookingRead)
+        return await run_once(user.id, idempotency_key, "createBooking", data,
+                              lambda remember: services.create_booking(user, data, effects, remember), BookingRead)
 
     @get("/", operation_id="listBookings")
     async def list_bookings(

@@ -1,7 +1,7 @@
 """Which emails a booking change sends, and what their templates are given.
 
-Each email is queued through `app.email.services.queue_emails` (a row and a job); a reminder's email
-is built from the same `booking_context` (app/bookings/reminders.py).
+Each email is queued through `app.email.services.queue_emails` (a row, and a job in the change's
+outbox); a reminder's email is built from the same `booking_context` (app/bookings/reminders.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 
 from app.bookings.parties import Parties
 from app.bookings.schemas import BookingRead
-from app.effects import Effects
 from app.email.services import NewEmail, queue_emails
+from app.outbox.change import Change
+from app.settings import Settings
 
 # event type -> who gets an email (the spec's list: customer for every change, owner for three)
 RECIPIENTS: dict[str, tuple[str, ...]] = {
@@ -56,15 +57,15 @@ def booking_context(
 
 
 async def queue_booking_emails(
-    effects: Effects, booking: BookingRead, parties: Parties, event_type: str, reason: str | None
+    change: Change, settings: Settings, booking: BookingRead, parties: Parties, event_type: str, reason: str | None
 ) -> None:
     """The emails of one booking change, per the spec's list; none to a deactivated account."""
     roles = RECIPIENTS.get(event_type, ())
     if not roles:
         return
     resource, people = parties
-    await queue_emails(effects, [
+    await queue_emails(change, settings, [
         NewEmail(f"{event_type}.{role}", people[role]["email"],
-                 booking_context(booking, resource, people, role, reason, effects.settings.app_url), booking.id)
+                 booking_context(booking, resource, people, role, reason, settings.app_url), booking.id)
         for role in roles if people[role]["active"]
     ])

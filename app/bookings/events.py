@@ -1,10 +1,7 @@
-"""What happens after a booking change is committed: its event, the resource's availability event,
-and in-app notifications for the people it concerns.
-
-Everything here runs after the database transaction, so no client hears about a change that did not
-happen; `follow_up` logs a failure rather than turning it into an error for a change that is
-already stored (clients that missed the event resynchronise over REST).
-"""
+"""The events of a booking change — its own, the resource's availability — and the in-app
+notifications for the people it concerns, recorded in the change's transaction (the outbox
+publishes them once it commits, so no client hears of a change that did not happen, and none misses
+one that did)."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ from zoneinfo import ZoneInfo
 from app.bookings.parties import Parties
 from app.bookings.schemas import BookingRead
 from app.notifications.services import NewNotification, notify_each
-from app.realtime.bus import EventBus
+from app.outbox.change import Change
 from app.realtime.events import resource_channel, role_channel, user_channel
 from app.resources.seats import availability_of
 
@@ -62,21 +59,20 @@ def describe(booking: BookingRead, resource: dict[str, Any]) -> str:
     return f"{resource['name']} on {local:%Y-%m-%d %H:%M} ({resource['timezone']})"
 
 
-async def booking_changed(
-    bus: EventBus, booking: BookingRead, event_type: str, actor_id: uuid.UUID | None, seat_windows: list[Window],
-) -> None:
-    """Publish `event_type`, and availability for the windows whose seats changed."""
-    await bus.publish(event_type, booking_channels(booking), booking)
+async def booking_changed(change: Change, booking: BookingRead, event_type: str, seat_windows: list[Window]) -> None:
+    """Publish `event_type`, and availability for the windows whose seats changed (read inside the
+    change's transaction, under the resource's lock, so it is the availability this change left)."""
+    change.publish(event_type, booking_channels(booking), booking)
     for start, end in _merge(seat_windows):
-        await bus.publish("resource.availability", [resource_channel(booking.resource_id)],
-                          await availability_of(booking.resource_id, start, end))
+        change.publish("resource.availability", [resource_channel(booking.resource_id)],
+                       await availability_of(booking.resource_id, start, end))
 
 
 async def notify_parties(
-    bus: EventBus, booking: BookingRead, parties: Parties, event_type: str, actor_id: uuid.UUID | None
+    change: Change, booking: BookingRead, parties: Parties, event_type: str, actor_id: uuid.UUID | None
 ) -> None:
     """The in-app notifications of a change: the customer and the owner, except whoever made it."""
-    await notify_each(bus, _notices(booking, parties, event_type, actor_id))
+    await notify_each(change, _notices(booking, parties, event_type, actor_id))
 
 
 def _notices(

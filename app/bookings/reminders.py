@@ -10,6 +10,9 @@ workers and schedulers run, each reminder fires at most once and never for a boo
 nothing to do for it. The sweep (app/maintenance.py) fires anything overdue whose job went missing,
 so a lost Redis schedule delays a reminder instead of dropping it.
 
+Planning happens inside the booking change's transaction (the rows, and the rq-scheduler jobs as
+outbox entries); firing is one transaction too (claim, events, notifications, emails).
+
 A response deadline is one job per booking (`bookwire-expire-<booking id>`, app/bookings/expiry.py),
 cancelled once the booking leaves `pending`.
 """
@@ -24,13 +27,15 @@ from app.bookings.emails import booking_context
 from app.bookings.events import describe
 from app.bookings.parties import parties_of
 from app.bookings.schemas import BookingRead, to_booking_read, to_reminder_read
-from app.db.tables import Booking, Reminder, Resource, User
+from app.db.tables import Booking, Reminder, User
 from app.effects import Effects
 from app.email.services import NewEmail, queue_emails
 from app.job_queue import EXPIRE_BOOKING, FIRE_DUE_REMINDERS, REMINDERS_JOB_PREFIX, expiry_job_id
 from app.metrics import count_worker_event
 from app.notifications.services import NewNotification, notify_each
+from app.outbox.change import Change
 from app.realtime.events import user_channel
+from app.settings import Settings
 
 # Changes after which a booking is confirmed with (possibly new) times: plan its reminders afresh.
 PLAN_ON = frozenset({"booking.created", "booking.confirmed", "booking.rescheduled"})
@@ -45,8 +50,8 @@ REMINDER_BATCH = 100  # reminders one job claims at a time
 # ---- planning, after a booking change ---------------------------------------------------------
 
 
-async def plan_reminders(effects: Effects, booking: BookingRead, event_type: str) -> None:
-    """Schedule, move or drop the reminders of `booking` after `event_type`."""
+async def plan_reminders(change: Change, settings: Settings, booking: BookingRead, event_type: str) -> None:
+    """Schedule, move or drop the reminders of `booking` after `event_type` (inside the change)."""
     if event_type in DROP_ON or (event_type in PLAN_ON and booking.status == "confirmed"):
         await Reminder.update({Reminder.status: "cancelled"}).where(
             Reminder.booking_id == booking.id, Reminder.status == "scheduled"
@@ -54,8 +59,8 @@ async def plan_reminders(effects: Effects, booking: BookingRead, event_type: str
     if event_type not in PLAN_ON or booking.status != "confirmed":
         return
     now = datetime.now(UTC)
-    plan = [(booking.owner_id, "owner", o) for o in effects.settings.reminder_provider_offsets]
-    plan += [(booking.customer_id, "customer", o) for o in effects.settings.reminder_customer_offsets]
+    plan = [(booking.owner_id, "owner", o) for o in settings.reminder_provider_offsets]
+    plan += [(booking.customer_id, "customer", o) for o in settings.reminder_customer_offsets]
     due = [(recipient_id, role, offset, due_at) for recipient_id, role, offset in plan
            if (due_at := booking.starts_at - timedelta(seconds=offset)) > now]  # a moment already past is skipped
     if not due:
@@ -65,22 +70,17 @@ async def plan_reminders(effects: Effects, booking: BookingRead, event_type: str
                  offset_seconds=offset, due_at=due_at, status="scheduled", fired_at=None, created_at=now)
         for recipient_id, role, offset, due_at in due
     ))
-    await effects.run(effects.jobs.schedule_shared, [due_at for *_, due_at in due], FIRE_DUE_REMINDERS,
-                      prefix=REMINDERS_JOB_PREFIX)
+    change.schedule_shared([due_at for *_, due_at in due], FIRE_DUE_REMINDERS, prefix=REMINDERS_JOB_PREFIX)
 
 
-async def plan_deadline(effects: Effects, booking: BookingRead, event_type: str) -> None:
+def plan_deadline(change: Change, booking: BookingRead, event_type: str, deadline_seconds: int | None) -> None:
     """A new pending booking on a resource with a response deadline expires unless answered in time."""
     if event_type == "booking.created" and booking.status == "pending":
-        resource = await Resource.select(Resource.response_deadline_seconds).where(
-            Resource.id == booking.resource_id
-        ).first()
-        seconds = resource["response_deadline_seconds"] if resource else None
-        if seconds:
-            await effects.run(effects.jobs.schedule, booking.created_at + timedelta(seconds=seconds),
-                              EXPIRE_BOOKING, str(booking.id), job_id=expiry_job_id(booking.id))
+        if deadline_seconds:
+            change.schedule(booking.created_at + timedelta(seconds=deadline_seconds), EXPIRE_BOOKING,
+                            str(booking.id), job_id=expiry_job_id(booking.id))
     elif event_type in LEAVE_PENDING_ON:  # answered in time: no expiry job any more
-        await effects.run(effects.jobs.cancel, expiry_job_id(booking.id))
+        change.cancel(expiry_job_id(booking.id))
 
 
 # ---- firing, in a worker ----------------------------------------------------------------------
@@ -112,33 +112,36 @@ async def fire_due_reminders(effects: Effects) -> None:
     """Fire the reminders due by now: each a `reminder.due` event, an in-app notification and an
     email — at most once, and only while its booking is confirmed (checked in the claiming UPDATE).
 
-    Takes REMINDER_BATCH at a time; when that many were due, it first enqueues another run, so that
-    idle workers share a burst while this one announces its batch."""
+    The claim and everything it produces are one transaction (events and the email's job in its
+    outbox): a worker killed at any instant either fired a reminder completely or not at all, and
+    the sweep fires what is still due. Takes REMINDER_BATCH at a time; when that many were due, it
+    also enqueues another run, so that idle workers share a burst."""
     now = datetime.now(UTC)
     due = [row["id"] for row in await Reminder.select(Reminder.id).where(
         Reminder.status == "scheduled", Reminder.due_at <= now).order_by(Reminder.due_at).limit(REMINDER_BATCH)]
     if not due:
         return
-    if len(due) == REMINDER_BATCH:
-        effects.jobs.enqueue(FIRE_DUE_REMINDERS, job_id=f"{REMINDERS_JOB_PREFIX}-more-{uuid.uuid4()}")
-    confirmed = Booking.select(Booking.id).where(Booking.status == "confirmed")
-    deactivated = User.select(User.id).where(User.active == False)  # noqa: E712
-    await Reminder.update({Reminder.status: "cancelled"}).where(
-        Reminder.id.is_in(due), Reminder.status == "scheduled",
-        Reminder.booking_id.not_in(confirmed) | Reminder.recipient_id.is_in(deactivated))
-    fired = await Reminder.update({Reminder.status: "sent", Reminder.fired_at: now}).where(
-        Reminder.id.is_in(due), Reminder.status == "scheduled", Reminder.booking_id.is_in(confirmed)
-    ).returning(*Reminder.all_columns())  # a reminder another worker claimed a moment ago is not returned
+    async with effects.change() as change:
+        if len(due) == REMINDER_BATCH:
+            change.enqueue(FIRE_DUE_REMINDERS, job_id=f"{REMINDERS_JOB_PREFIX}-more-{uuid.uuid4()}")
+        confirmed = Booking.select(Booking.id).where(Booking.status == "confirmed")
+        deactivated = User.select(User.id).where(User.active == False)  # noqa: E712
+        await Reminder.update({Reminder.status: "cancelled"}).where(
+            Reminder.id.is_in(due), Reminder.status == "scheduled",
+            Reminder.booking_id.not_in(confirmed) | Reminder.recipient_id.is_in(deactivated))
+        fired = await Reminder.update({Reminder.status: "sent", Reminder.fired_at: now}).where(
+            Reminder.id.is_in(due), Reminder.status == "scheduled", Reminder.booking_id.is_in(confirmed)
+        ).returning(*Reminder.all_columns())  # a reminder another worker claimed a moment ago is not returned
+        if fired:
+            await _announce_reminders(change, effects.settings, fired, now)
     if fired:
-        await _announce_reminders(effects, fired, now)
         count_worker_event(effects.jobs.connection, "reminders_fired", len(fired))
 
 
-async def _announce_reminders(effects: Effects, fired: list[dict[str, Any]], now: datetime) -> None:
+async def _announce_reminders(change: Change, settings: Settings, fired: list[dict[str, Any]], now: datetime) -> None:
     booking_rows = await Booking.select().where(Booking.id.is_in(list({r["booking_id"] for r in fired})))
     by_id = {row["id"]: to_booking_read(row) for row in booking_rows}
     parties = await parties_of(list(by_id.values()))
-    announced: list[tuple[str, dict[str, Any]]] = []
     notifications: list[NewNotification] = []
     emails: list[NewEmail] = []
     for reminder in fired:
@@ -147,15 +150,13 @@ async def _announce_reminders(effects: Effects, fired: list[dict[str, Any]], now
         role = reminder["recipient_role"]
         when = starts_in((booking.starts_at - now).total_seconds(), reminder["offset_seconds"])
         data = {"reminder": to_reminder_read(reminder), "booking": booking}
-        announced.append((user_channel(reminder["recipient_id"]), data))
+        change.publish("reminder.due", [user_channel(reminder["recipient_id"])], data)
         whose = "Your booking" if role == "customer" else f"{people['customer']['name']}'s booking"
         notifications.append(NewNotification(
             reminder["recipient_id"], "reminder.due", f"Reminder: {resource['name']}",
             f"{whose} of {describe(booking, resource)} starts in {when}. Booking {booking.id}.", data))
-        email_context = booking_context(booking, resource, people, role, None, effects.settings.app_url)
+        email_context = booking_context(booking, resource, people, role, None, settings.app_url)
         email_context["reminder"] = {"offset_seconds": reminder["offset_seconds"], "starts_in": when}
         emails.append(NewEmail(f"reminder.{role}", people[role]["email"], email_context, booking.id))
-    for channel, data in announced:
-        await effects.bus.publish("reminder.due", [channel], data)
-    await notify_each(effects.bus, notifications)
-    await queue_emails(effects, emails)
+    await notify_each(change, notifications)
+    await queue_emails(change, settings, emails)

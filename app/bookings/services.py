@@ -1,6 +1,9 @@
 """Booking rules: creation under the capacity guarantee, the status machine, reschedule, history.
 
-Every change bumps `version` by one and appends a history entry in the same transaction.
+Every change bumps `version` by one and appends a history entry in the same transaction, together
+with everything it sets in motion (`follow_up`: events, notifications, emails, reminders, deadline,
+recorded in the change's outbox). Every change locks its resource's row before its booking's, so the
+availability it announces is the one it left, and events of a resource follow commit order.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from app.bookings.schemas import (
 )
 from app.bookings.status import TRANSITIONS, Transition, allowed_actions, may_take
 from app.db.tables import Booking, BookingHistory, Reminder, Resource, User
-from app.db.transactions import lock_row, write_transaction
+from app.db.transactions import lock_row
 from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
+from app.idempotency import Remember
 from app.pagination import keyset_page
 from app.resources.capacity import HOLDS_SEATS, peak_seats
 from app.resources.seats import seat_holders
@@ -114,12 +118,15 @@ async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
     return resource
 
 
-async def create_booking(user: AuthUser, data: BookingCreate, effects: Effects) -> BookingRead:
-    """Create a booking: pending, or confirmed at once when the resource needs no confirmation."""
+async def create_booking(
+    user: AuthUser, data: BookingCreate, effects: Effects, remember: Remember | None = None
+) -> BookingRead:
+    """Create a booking: pending, or confirmed at once when the resource needs no confirmation.
+    `remember` stores an Idempotency-Key's response with it."""
     customer_id = await _customer_for(user, data.customer_id)
     starts_at, ends_at = to_utc(data.starts_at, "starts_at"), to_utc(data.ends_at, "ends_at")
     _check_interval(starts_at, ends_at, datetime.now(UTC))
-    async with write_transaction():
+    async with effects.change() as change:
         await lock_row(Resource, data.resource_id)
         now = datetime.now(UTC)  # after the lock, so created_at follows commit order for one resource
         resource = await _bookable_resource(data.resource_id)
@@ -135,8 +142,11 @@ async def create_booking(user: AuthUser, data: BookingCreate, effects: Effects) 
         }
         await Booking.insert(Booking(**row))
         await _history(row["id"], "create", user.id, None, row["status"], None, now)
-    booking = to_booking_read(row)
-    await follow_up(effects, booking, "booking.created", user.id, [(starts_at, ends_at)])
+        booking = to_booking_read(row)
+        await follow_up(change, effects.settings, booking, "booking.created", user.id, [(starts_at, ends_at)],
+                        deadline_seconds=resource["response_deadline_seconds"])
+        if remember is not None:
+            await remember(booking)
     return booking
 
 
@@ -214,13 +224,20 @@ async def transition(
 ) -> BookingRead:
     """Take a status action (confirm, reject, cancel, check-in, complete) for the caller, or for the
     system when `user` is None (e.g. `expire` when a response deadline passes)."""
-    rel = {"system"}
+    found: dict[str, Any] | None
     if user is not None:
-        rel = relations(user, await _load_visible_booking(user, booking_id))
+        found = await _load_visible_booking(user, booking_id)
+        rel = relations(user, found)
         if not may_take(action, rel):
             raise PermissionDenied(f"You may not {action} this booking.")
+    else:
+        rel = {"system"}
+        found = await Booking.select(Booking.resource_id).where(Booking.id == booking_id).first()
+        if found is None:
+            raise NotFound("No booking with this id.")
     transition = TRANSITIONS[action]
-    async with write_transaction():
+    async with effects.change() as change:
+        await lock_row(Resource, found["resource_id"])
         await lock_row(Booking, booking_id)  # racing actions queue here and see each other's result
         row = await Booking.select().where(Booking.id == booking_id).first()
         if row is None:
@@ -228,9 +245,10 @@ async def transition(
         if row["status"] not in transition.sources:
             raise _refuse_status(row, action, rel)
         booking = await _apply(row, transition, user.id if user else None, reason)
-    freed = row["status"] in HOLDS_SEATS and booking.status not in HOLDS_SEATS
-    windows = [(booking.starts_at, booking.ends_at)] if freed else []
-    await follow_up(effects, booking, transition.event, user.id if user else None, windows, reason)
+        freed = row["status"] in HOLDS_SEATS and booking.status not in HOLDS_SEATS
+        windows = [(booking.starts_at, booking.ends_at)] if freed else []
+        await follow_up(change, effects.settings, booking, transition.event, user.id if user else None, windows,
+                        reason)
     return booking
 
 
@@ -247,7 +265,7 @@ async def update_booking(user: AuthUser, booking_id: uuid.UUID, data: BookingUpd
     changes: dict[str, Any] = {}
     if isinstance(data.notes, str):
         changes["notes"] = data.notes
-    async with write_transaction():
+    async with effects.change() as change:
         await lock_row(Resource, row["resource_id"])
         await lock_row(Booking, booking_id)
         fresh = await Booking.select().where(Booking.id == booking_id).first()
@@ -266,6 +284,6 @@ async def update_booking(user: AuthUser, booking_id: uuid.UUID, data: BookingUpd
             await _check_capacity(resource, starts_at, ends_at, row["seats"], ignore=row["id"])
             changes.update(starts_at=starts_at, ends_at=ends_at)
         booking = await _apply(row, TRANSITIONS[action], user.id, None, changes)
-    windows = [(row["starts_at"], row["ends_at"]), (booking.starts_at, booking.ends_at)] if reschedule else []
-    await follow_up(effects, booking, TRANSITIONS[action].event, user.id, windows)
+        windows = [(row["starts_at"], row["ends_at"]), (booking.starts_at, booking.ends_at)] if reschedule else []
+        await follow_up(change, effects.settings, booking, TRANSITIONS[action].event, user.id, windows)
     return booking

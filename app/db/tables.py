@@ -8,6 +8,7 @@ from piccolo.columns import (
     JSONB,
     UUID,
     BigInt,
+    BigSerial,
     Boolean,
     ForeignKey,
     Integer,
@@ -147,6 +148,32 @@ class Reminder(Table, tablename="reminders"):
     created_at = Timestamptz(default=TimestamptzNow())
 
 
+class OutboxEntry(Table, tablename="outbox"):
+    """Something a committed change still has to tell the world: an event to publish, a control
+    message for the API processes, a job to enqueue or schedule. Written in the change's own
+    transaction, deleted by the relay once done (app/outbox/)."""
+
+    id = BigSerial(primary_key=True)
+    """Gives the order: rows of one booking or resource are written under its row lock, so their ids
+    follow its `version`."""
+    key = UUID()
+    """The bus's dedup key (`outbox:<key>`): publishing the row twice delivers it once. Not `id`,
+    which SQLite may hand out again once the table is empty."""
+    kind = Varchar(length=16)  # event, control, job
+    payload = Text()
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class IdempotencyRecord(Table, tablename="idempotency_keys"):
+    """A creating POST's `Idempotency-Key`, stored in the transaction of what it created."""
+
+    id = Varchar(length=64, primary_key=True)  # sha256 of (caller, key): one row per caller and key
+    fingerprint = Varchar(length=64)  # sha256 of (operation, body)
+    response = Text()
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
 ALL_TABLES: list[type[Table]] = [
-    User, Resource, Booking, BookingHistory, Notification, EmailTemplate, EmailDelivery, Reminder,
+    User, Resource, Booking, BookingHistory, Notification, EmailTemplate, EmailDelivery, Reminder, OutboxEntry,
+    IdempotencyRecord,
 ]

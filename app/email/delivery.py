@@ -74,22 +74,25 @@ async def _failed_attempt(effects: Effects, row: dict[str, Any], exc: Exception)
     now = datetime.now(UTC)
     # No retry can fix a broken template or a recipient that cannot or must not be mailed.
     give_up = attempt > len(intervals) or isinstance(exc, TemplateProblem | Undeliverable)
-    await EmailDelivery.update({"status": "failed" if give_up else "queued", "last_error": error,
-                                "updated_at": now, "claimed_until": None}).where(EmailDelivery.id == row["id"])
-    if isinstance(exc, RecipientDeactivated):
+    quiet = isinstance(exc, RecipientDeactivated)  # by design: nothing for an admin to do
+    async with effects.change() as change:  # the outcome and what it sets in motion, together
+        await EmailDelivery.update({"status": "failed" if give_up else "queued", "last_error": error,
+                                    "updated_at": now, "claimed_until": None}).where(EmailDelivery.id == row["id"])
+        if give_up and not quiet:
+            change.publish("system.alert", [role_channel("admin")], {
+                "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
+                "template_key": row["template_key"], "attempts": attempt, "error": error,
+            })
+        elif not give_up:
+            change.schedule(now + timedelta(seconds=intervals[attempt - 1]), SEND_EMAIL, str(row["id"]),
+                            job_id=email_job_id(row["id"], attempt + 1), queue=EMAIL_QUEUE)
+    if quiet:
         count_worker_event(effects.jobs.connection, "emails_failed")
-        log.info("email %s not sent: %s", row["id"], error)  # by design: nothing for an admin to do
-        return
-    if give_up:
+        log.info("email %s not sent: %s", row["id"], error)
+    elif give_up:
         count_worker_event(effects.jobs.connection, "emails_failed")
         log.error("email %s to %s failed for good after %d attempts: %s", row["id"], row["to_address"], attempt,
                   error)
-        await effects.bus.publish("system.alert", [role_channel("admin")], {
-            "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
-            "template_key": row["template_key"], "attempts": attempt, "error": error,
-        })
-        return
-    delay = intervals[attempt - 1]
-    log.warning("email %s attempt %d failed (%s); retrying in %d s", row["id"], attempt, error, delay)
-    effects.jobs.schedule(now + timedelta(seconds=delay), SEND_EMAIL, str(row["id"]),
-                          job_id=email_job_id(row["id"], attempt + 1), queue=EMAIL_QUEUE)
+    else:
+        log.warning("email %s attempt %d failed (%s); retrying in %d s", row["id"], attempt, error,
+                    intervals[attempt - 1])

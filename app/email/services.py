@@ -1,7 +1,8 @@
 """Queueing emails, the admin's templates, and the delivery log.
 
 The API never talks SMTP: it stores an `email_deliveries` row (status `queued`, with everything the
-template needs) and enqueues the `send_email` job (`app.email.delivery` sends it). The row makes
+template needs) in the transaction of the change that sends it, and records the `send_email` job in
+that change's outbox (`app.email.delivery` sends it). The row makes
 sending idempotent and visible in `GET /v1/admin/emails`. Which emails a booking change sends is the
 bookings area's business (`app/bookings/emails.py`).
 """
@@ -19,13 +20,14 @@ from typing import Any
 import msgspec
 
 from app.db.tables import EmailDelivery, EmailTemplate
-from app.effects import Effects
 from app.email.rendering import SAMPLE_CONTEXT, TEMPLATE_KEYS, TemplateProblem, check_template, default_template, render
 from app.email.schemas import DeliveryRead, TemplateRead, TemplateWrite
 from app.email.sending import new_message_id
 from app.errors import BadRequest, NotFound, Unprocessable
 from app.job_queue import EMAIL_QUEUE, SEND_EMAIL, email_job_id
+from app.outbox.change import Change
 from app.pagination import keyset_page
+from app.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,8 @@ class NewEmail:
     booking_id: uuid.UUID | None
 
 
-async def queue_emails(effects: Effects, emails: list[NewEmail]) -> list[uuid.UUID]:
-    """Record the deliveries in one INSERT and hand them to workers in one Redis round trip."""
+async def queue_emails(change: Change, settings: Settings, emails: list[NewEmail]) -> list[uuid.UUID]:
+    """Record the deliveries in one INSERT inside `change`; their jobs are enqueued once it commits."""
     if not emails:
         return []
     now = datetime.now(UTC)
@@ -47,11 +49,11 @@ async def queue_emails(effects: Effects, emails: list[NewEmail]) -> list[uuid.UU
     await EmailDelivery.insert(*(EmailDelivery(
         id=delivery_id, template_key=email.template_key, booking_id=email.booking_id, to_address=email.to_address,
         context=msgspec.json.encode(email.context).decode(), status="queued", attempts=0, last_error=None,
-        message_id=new_message_id(str(delivery_id), effects.settings), claimed_until=None,
+        message_id=new_message_id(str(delivery_id), settings), claimed_until=None,
         created_at=now, updated_at=now, sent_at=None,
     ) for delivery_id, email in zip(ids, emails, strict=True)))
-    await effects.run(effects.jobs.enqueue_many, SEND_EMAIL, [((str(i),), email_job_id(i, 1)) for i in ids],
-                      queue=EMAIL_QUEUE)
+    for delivery_id in ids:
+        change.enqueue(SEND_EMAIL, str(delivery_id), job_id=email_job_id(delivery_id, 1), queue=EMAIL_QUEUE)
     return ids
 
 

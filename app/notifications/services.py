@@ -1,8 +1,8 @@
-"""Creating, listing and reading notifications. Creation also publishes `notification.created`."""
+"""Creating, listing and reading notifications. Creation also publishes `notification.created`
+(through the outbox of the change that created them)."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,12 +13,10 @@ import msgspec
 from app.db.tables import Notification
 from app.errors import NotFound
 from app.notifications.schemas import NotificationRead, UnreadCount
+from app.outbox.change import Change
 from app.pagination import keyset_page
-from app.realtime.bus import EventBus
 from app.realtime.events import user_channel
 from app.security import AuthUser
-
-log = logging.getLogger(__name__)
 
 
 def to_notification_read(row: dict[str, Any]) -> NotificationRead:
@@ -39,27 +37,24 @@ class NewNotification:
     data: Any
 
 
-async def notify(bus: EventBus, user_ids: list[uuid.UUID], kind: str, title: str, body: str, data: Any) -> None:
-    """Store one notification per recipient and announce each on the recipient's own channel."""
-    await notify_each(bus, [NewNotification(user_id, kind, title, body, data) for user_id in dict.fromkeys(user_ids)])
-
-
-async def notify_each(bus: EventBus, items: list[NewNotification]) -> None:
-    """Store `items` in one INSERT, then announce each on its recipient's own channel."""
-    if not items:
-        return
+def record_notifications(change: Change, items: list[NewNotification]) -> list[dict[str, Any]]:
+    """The rows of `items`, each announced by `notification.created` once the change is committed.
+    The caller inserts the rows in the change's transaction (`insert_notifications`)."""
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = [
         {"id": uuid.uuid4(), "user_id": item.user_id, "type": item.kind, "title": item.title[:200],
          "body": item.body, "data": msgspec.json.encode(item.data).decode(), "created_at": now, "read_at": None}
         for item in items
     ]
-    await Notification.insert(*(Notification(**row) for row in rows))
     for row in rows:
-        try:
-            await bus.publish("notification.created", [user_channel(row["user_id"])], to_notification_read(row))
-        except Exception:  # the inbox row is stored; a client that missed the event sees it on refetch
-            log.exception("could not publish notification.created for %s", row["user_id"])
+        change.publish("notification.created", [user_channel(row["user_id"])], to_notification_read(row))
+    return rows
+
+
+async def notify_each(change: Change, items: list[NewNotification]) -> None:
+    """Store `items` in one INSERT inside `change`, each announced once the change is committed."""
+    if items:
+        await Notification.insert(*(Notification(**row) for row in record_notifications(change, items)))
 
 
 async def list_notifications(

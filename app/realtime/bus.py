@@ -62,6 +62,16 @@ _Body = tuple[str, list[str], str, msgspec.Raw]  # type, channels, occurred_at, 
 _body_decoder = msgspec.json.Decoder(_Body)
 
 
+class Publication(msgspec.Struct, frozen=True):
+    """One event to publish with `publish_all` (the outbox relay's batch)."""
+
+    type: str
+    channels: list[str]
+    data: msgspec.Raw
+    occurred_at: str
+    dedup_key: str
+
+
 def channel_stream(channel: str) -> str:
     return KEY_PREFIX + "ch:" + channel
 
@@ -93,20 +103,40 @@ class EventBus:
         self._publish = redis.register_script(_PUBLISH_LUA)
         self.published = 0
 
-    async def publish(
-        self, event_type: str, channels: list[str], data: Any, dedup_key: str | None = None,
-        occurred_at: str | None = None,
-    ) -> tuple[str, bool]:
-        """Publish one event to `channels`; `(id, deduplicated)`. A repeated dedup key publishes nothing."""
+    def _script_call(
+        self, event_type: str, channels: list[str], data: Any, dedup_key: str | None, occurred_at: str | None,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the publish script for one event."""
         channels = list(dict.fromkeys(channels))  # one entry per channel, first mention wins the order
         raw = data if isinstance(data, msgspec.Raw) else msgspec.Raw(msgspec.json.encode(data))
         body = msgspec.json.encode((event_type, channels, occurred_at or now_rfc3339(), raw))
         dedup = KEY_PREFIX + "dedup:" + hashlib.sha256(dedup_key.encode()).hexdigest() if dedup_key else ""
         min_id = max(int(time.time() * 1000) - self.retention_ms, 0)
         keys = [GLOBAL_STREAM, dedup, *(channel_stream(c) for c in channels)]
-        event_id, deduplicated = await self._publish(keys=keys, args=[min_id, body, LIVE_CHANNEL, DEDUP_SECONDS])
+        return keys, [min_id, body, LIVE_CHANNEL, DEDUP_SECONDS]
+
+    async def publish(
+        self, event_type: str, channels: list[str], data: Any, dedup_key: str | None = None,
+        occurred_at: str | None = None,
+    ) -> tuple[str, bool]:
+        """Publish one event to `channels`; `(id, deduplicated)`. A repeated dedup key publishes nothing."""
+        keys, args = self._script_call(event_type, channels, data, dedup_key, occurred_at)
+        event_id, deduplicated = await self._publish(keys=keys, args=args)
         self.published += not deduplicated
         return _text(event_id), bool(deduplicated)
+
+    async def publish_all(self, items: list[Publication | dict[str, str]]) -> None:
+        """Publish events (each under its dedup key) and control messages, in this order, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                if isinstance(item, Publication):
+                    keys, args = self._script_call(item.type, item.channels, item.data, item.dedup_key,
+                                                   item.occurred_at)
+                    await self._publish(keys=keys, args=args, client=pipe)
+                else:
+                    pipe.publish(CONTROL_CHANNEL, msgspec.json.encode(item))
+            results = await pipe.execute()
+        self.published += sum(1 for r in results if isinstance(r, list) and not r[1])
 
     async def publish_control(self, message: dict[str, str]) -> None:
         """Tell every API process something about connections (e.g. a user was deactivated)."""

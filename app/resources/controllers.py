@@ -4,13 +4,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, delete, get, patch, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
+from app.effects import Effects, provide_effects
 from app.idempotency import IdempotencyKey, run_once
 from app.pagination import DEFAULT_LIMIT, Limit, Page
-from app.realtime.bus import EventBus, provide_bus
 from app.resources import services
 from app.resources.schemas import Availability, ResourceCreate, ResourceRead, ResourceUpdate
 from app.security import AuthUser, current_user
@@ -20,15 +20,14 @@ from app.wire import NO_CONTROLS
 class ResourceController(Controller):
     path = "/v1/resources"
     tags = ["resources"]
-    dependencies = {"user": Provide(current_user), "bus": Provide(provide_bus)}
+    dependencies = {"user": Provide(current_user), "effects": Provide(provide_effects)}
 
     @post("/", operation_id="createResource", status_code=201)
     async def create_resource(
-        self, user: AuthUser, bus: EventBus, data: ResourceCreate, request: Request,
-        idempotency_key: IdempotencyKey = None,
+        self, user: AuthUser, effects: Effects, data: ResourceCreate, idempotency_key: IdempotencyKey = None,
     ) -> ResourceRead:
-        return await run_once(request.app.state.redis, user.id, idempotency_key, "createResource", data,
-                              lambda: services.create_resource(user, data, bus), ResourceRead)
+        return await run_once(user.id, idempotency_key, "createResource", data,
+                              lambda remember: services.create_resource(user, data, effects, remember), ResourceRead)
 
     @get("/", operation_id="listResources")
     async def list_resources(
@@ -45,13 +44,13 @@ class ResourceController(Controller):
 
     @patch("/{resource_id:uuid}", operation_id="updateResource")
     async def update_resource(
-        self, user: AuthUser, bus: EventBus, resource_id: uuid.UUID, data: ResourceUpdate
+        self, user: AuthUser, effects: Effects, resource_id: uuid.UUID, data: ResourceUpdate
     ) -> ResourceRead:
-        return await services.update_resource(user, resource_id, data, bus)
+        return await services.update_resource(user, resource_id, data, effects)
 
     @delete("/{resource_id:uuid}", operation_id="deleteResource")
-    async def delete_resource(self, user: AuthUser, bus: EventBus, resource_id: uuid.UUID) -> None:
-        await services.delete_resource(user, resource_id, bus)
+    async def delete_resource(self, user: AuthUser, effects: Effects, resource_id: uuid.UUID) -> None:
+        await services.delete_resource(user, resource_id, effects)
 
     @get("/{resource_id:uuid}/availability", operation_id="getAvailability")
     async def resource_availability(

@@ -11,10 +11,11 @@ from typing import Any
 import msgspec
 
 from app.db.tables import Resource, User
-from app.db.transactions import lock_row, write_transaction
+from app.db.transactions import lock_row
+from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
+from app.idempotency import Remember
 from app.pagination import keyset_page
-from app.realtime.bus import EventBus
 from app.resources.capacity import peak_seats
 from app.resources.events import change_types, resource_changed
 from app.resources.schemas import Availability, ResourceCreate, ResourceRead, ResourceUpdate
@@ -80,15 +81,21 @@ async def _owner_for(user: AuthUser, owner_id: uuid.UUID | None) -> uuid.UUID:
     return owner_id
 
 
-async def create_resource(user: AuthUser, data: ResourceCreate, bus: EventBus) -> ResourceRead:
+async def create_resource(
+    user: AuthUser, data: ResourceCreate, effects: Effects, remember: Remember | None = None
+) -> ResourceRead:
+    """Create a resource (`remember` stores an Idempotency-Key's response with it)."""
     owner_id = await _owner_for(user, data.owner_id)
     check_timezone(data.timezone)
     now = datetime.now(UTC)
     row = {**msgspec.structs.asdict(data), "id": uuid.uuid4(), "owner_id": owner_id,
            "created_at": now, "updated_at": now, "deleted_at": None}
-    await Resource.insert(Resource(**row))
     resource = to_resource_read(row)
-    await resource_changed(bus, resource, ["resource.created"], was_active=False)
+    async with effects.change() as change:
+        await Resource.insert(Resource(**row))
+        resource_changed(change, resource, ["resource.created"], was_active=False)
+        if remember is not None:
+            await remember(resource)
     return resource
 
 
@@ -115,7 +122,7 @@ _FAR_FUTURE = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 async def update_resource(
-    user: AuthUser, resource_id: uuid.UUID, data: ResourceUpdate, bus: EventBus
+    user: AuthUser, resource_id: uuid.UUID, data: ResourceUpdate, effects: Effects
 ) -> ResourceRead:
     """Apply a partial update; lowering capacity below seats already booked is 409."""
     await _load_managed(user, resource_id)
@@ -124,7 +131,7 @@ async def update_resource(
         raise Unprocessable.field("body", "send at least one field to change")
     if "timezone" in changes:
         check_timezone(changes["timezone"])
-    async with write_transaction():
+    async with effects.change() as change:
         await lock_row(Resource, resource_id)
         row = await _load_managed(user, resource_id)
         now = datetime.now(UTC)
@@ -134,16 +141,16 @@ async def update_resource(
                 raise Conflict(f"Future bookings hold up to {taken} seats at once; capacity cannot go below that.")
         changes["updated_at"] = now
         await Resource.update(changes).where(Resource.id == resource_id)
-    resource = to_resource_read({**row, **changes})
-    changed = {k for k, v in changes.items() if row.get(k) != v}
-    await resource_changed(bus, resource, change_types(changed), was_active=row["active"])
+        resource = to_resource_read({**row, **changes})
+        changed = {k for k, v in changes.items() if row.get(k) != v}
+        resource_changed(change, resource, change_types(changed), was_active=row["active"])
     return resource
 
 
-async def delete_resource(user: AuthUser, resource_id: uuid.UUID, bus: EventBus) -> None:
+async def delete_resource(user: AuthUser, resource_id: uuid.UUID, effects: Effects) -> None:
     """Soft-delete (history keeps pointing at it); 409 while active future bookings exist."""
     await _load_managed(user, resource_id)
-    async with write_transaction():
+    async with effects.change() as change:
         await lock_row(Resource, resource_id)
         now = datetime.now(UTC)
         if await seat_holders(resource_id, now, _FAR_FUTURE):
@@ -152,8 +159,8 @@ async def delete_resource(user: AuthUser, resource_id: uuid.UUID, bus: EventBus)
         await Resource.update({Resource.deleted_at: now, Resource.active: False, Resource.updated_at: now}).where(
             Resource.id == resource_id
         )
-    resource = to_resource_read({**row, "active": False, "updated_at": now})
-    await resource_changed(bus, resource, ["resource.deleted"], was_active=row["active"])
+        resource = to_resource_read({**row, "active": False, "updated_at": now})
+        resource_changed(change, resource, ["resource.deleted"], was_active=row["active"])
 
 
 async def availability(user: AuthUser, resource_id: uuid.UUID, from_: datetime, to: datetime) -> Availability:

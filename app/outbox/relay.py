@@ -1,0 +1,125 @@
+"""The relay: carries outbox rows out — events and control messages onto the bus, jobs into RQ and
+rq-scheduler — in row order, then deletes them.
+
+Every process that writes outbox rows runs one (API processes as a task, workers after each job
+and in the sweep), woken at once by its own commits; API processes also look every
+`POLL_SECONDS` for rows that another process committed and did not carry out (it died, or Redis
+was down). Relays never coordinate: two relays may carry out the same row, and that is harmless —
+an event's dedup key is its row's `key`, so the bus stores and delivers it once (the second publish
+answers with the first id), and every job is idempotent. Order holds without a leader: rows of one
+booking or resource are written under its row lock, so their ids follow its `version`; a relay
+reads the rows in id order in one statement (whose snapshot holds every row committed before the
+newest it returns), publishes them in that order, and deletes a row only after it went out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+from app.db.tables import OutboxEntry
+from app.db.transactions import write_transaction
+from app.job_queue import JobQueue
+from app.outbox.entries import CancelJobEntry, ControlEntry, EventEntry, JobEntry, decode
+from app.realtime.bus import EventBus, Publication
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+POLL_SECONDS = 1.0
+RETRY_SECONDS = (0.1, 0.2, 0.5)  # after a failure (Redis down): back within 2 s of Redis returning
+
+
+def dedup_key(row_key: object) -> str:
+    """The bus's dedup key of an outbox row."""
+    return f"outbox:{row_key}"
+
+
+class Relay:
+    """Carries out this process's outbox rows as soon as they are committed, and anyone's left behind."""
+
+    def __init__(self, bus: EventBus, jobs: JobQueue) -> None:
+        self.bus = bus
+        self.jobs = jobs
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.relayed = 0
+        self.woken = False  # set by `wake`, for processes that drain after their own work (workers)
+
+    def wake(self) -> None:
+        """Something was committed: carry it out now."""
+        self.woken = True
+        self._wake.set()
+
+    async def run(self, poll_seconds: float = POLL_SECONDS) -> None:
+        """Drain whenever woken, and every `poll_seconds` anyway; forever."""
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), poll_seconds)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.drain()
+                failures = 0
+            except Exception as exc:  # Redis or the database is away: the rows wait, we retry soon
+                log.warning("outbox relay: %s: %s; retrying", type(exc).__name__, exc)
+                await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                failures += 1
+                self._wake.set()
+
+    async def drain(self) -> int:
+        """Carry out every row there is now, oldest first; how many went out."""
+        self.woken = False
+        async with self._lock:
+            total = 0
+            while True:
+                rows = await OutboxEntry.select(OutboxEntry.id, OutboxEntry.key, OutboxEntry.payload).order_by(
+                    OutboxEntry.id).limit(BATCH)
+                if not rows:
+                    return total
+                await self._carry_out(rows)
+                async with write_transaction():
+                    await OutboxEntry.delete().where(OutboxEntry.id.is_in([row["id"] for row in rows]))
+                total += len(rows)
+                self.relayed += len(rows)
+                if len(rows) < BATCH:
+                    return total
+
+    async def _carry_out(self, rows: list[dict[str, Any]]) -> None:
+        publications: list[Publication | dict[str, str]] = []
+        jobs: list[JobEntry | CancelJobEntry] = []
+        for row in rows:
+            entry = decode(row["payload"])
+            if isinstance(entry, EventEntry):
+                publications.append(Publication(entry.type, entry.channels, entry.data, entry.occurred_at,
+                                                dedup_key(row["key"])))
+            elif isinstance(entry, ControlEntry):
+                publications.append(entry.message)
+            else:
+                jobs.append(entry)
+        if publications:
+            await self.bus.publish_all(publications)
+        if jobs:
+            await asyncio.to_thread(_run_jobs, self.jobs, jobs)
+
+
+def _run_jobs(queue: JobQueue, entries: list[JobEntry | CancelJobEntry]) -> None:
+    """Hand the jobs to RQ / rq-scheduler (synchronous Redis: called in a thread)."""
+    now: dict[tuple[str, str], list[tuple[tuple[Any, ...], str]]] = {}
+    for entry in entries:
+        if isinstance(entry, CancelJobEntry):
+            queue.cancel(entry.job_id)
+        elif entry.shared_prefix:
+            queue.schedule_shared([datetime.fromisoformat(at) for at in entry.at], entry.job,
+                                  prefix=entry.shared_prefix)
+        elif entry.at:
+            queue.schedule(datetime.fromisoformat(entry.at[0]), entry.job, *entry.args, job_id=entry.job_id,
+                           queue=entry.queue)
+        else:
+            now.setdefault((entry.job, entry.queue), []).append((tuple(entry.args), entry.job_id))
+    for (job, queue_name), calls in now.items():
+        queue.enqueue_many(job, calls, queue=queue_name)
