@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 
-class EventEntry(msgspec.Struct, tag="event", frozen=True):
+class EventEntry(msgspec.Struct, tag_field="kind", tag="event", frozen=True):
     """Publish one event on the bus (`data` is the JSON it carries, already encoded)."""
 
     type: str
@@ -14,13 +14,13 @@ class EventEntry(msgspec.Struct, tag="event", frozen=True):
     occurred_at: str
 
 
-class ControlEntry(msgspec.Struct, tag="control", frozen=True):
+class ControlEntry(msgspec.Struct, tag_field="kind", tag="control", frozen=True):
     """Tell every API process something about its connections (a user deactivated, a channel gone)."""
 
     message: dict[str, str]
 
 
-class JobEntry(msgspec.Struct, tag="job", frozen=True):
+class JobEntry(msgspec.Struct, tag_field="kind", tag="job", frozen=True):
     """Enqueue a job now (`at` empty), at a time (`at` one RFC 3339 time), or once per whole second
     of several times (`shared_prefix` set: one job per second whatever the number of rows)."""
 
@@ -32,7 +32,7 @@ class JobEntry(msgspec.Struct, tag="job", frozen=True):
     shared_prefix: str = ""
 
 
-class CancelJobEntry(msgspec.Struct, tag="cancel", frozen=True):
+class CancelJobEntry(msgspec.Struct, tag_field="kind", tag="cancel", frozen=True):
     """Forget a scheduled job."""
 
     job_id: str
