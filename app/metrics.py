@@ -15,6 +15,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis import Redis
 
+from app.db.tables import OutboxEntry
+
 STATS_KEY = "bookwire:stats"
 """A Redis hash of counters that workers increment: emails_sent, emails_failed, reminders_fired."""
 WORKER_STATS = ("emails_sent", "emails_failed", "reminders_fired")
@@ -50,6 +52,8 @@ class Metrics:
                                  registry=self.registry)
         self.worker_stats = Gauge("bookwire_worker_events", "Counts kept by the workers", ["kind"],
                                   registry=self.registry)
+        self.outbox_backlog = Gauge("bookwire_outbox_backlog", "Outbox rows committed and not yet carried out "
+                                    "(cluster-wide: the same figure on every process)", registry=self.registry)
 
     async def render(self, state: Any) -> bytes:
         """Refresh the scraped figures and return the exposition text."""
@@ -59,6 +63,10 @@ class Metrics:
         self.published.set(bus.published)
         self.delivered.set(hub.delivered)
         self.dropped.set(hub.overflowed)
+        try:
+            self.outbox_backlog.set(await OutboxEntry.count())
+        except Exception:  # noqa: S110 - the database is down: serve what this process knows
+            pass
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for queue in QUEUES:

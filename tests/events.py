@@ -114,8 +114,27 @@ async def apublish(client: httpx.AsyncClient, event_type: str, channels: list[st
     return published_id(await client.post("/v1/events", json=publish_body(event_type, channels, data, None)))
 
 
+def outbox_settled(client: httpx.Client, timeout: float = 10.0) -> None:
+    """Wait until the outbox is empty: every change committed so far has been published.
+
+    A change's events go out through the outbox a moment after its response; an event published
+    directly (`POST /v1/events`) goes out at once, so a test that wants it after a change's events
+    waits for this first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = client.get("/metrics").text
+        backlog = next(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("bookwire_outbox_backlog "))
+        if backlog == 0:
+            return
+        assert time.monotonic() < deadline, f"the outbox still holds {backlog:.0f} rows after {timeout} s"
+        time.sleep(0.01)
+
+
 def mark(admin: Actor) -> str:
-    """Publish a `test.mark` event that every connection reads; its id."""
+    """Publish a `test.mark` event that every connection reads, after every committed change's
+    events; its id."""
+    outbox_settled(admin.http)
     return publish(admin.http, "test.mark", ["broadcast"], {"mark": uuid.uuid4().hex})
 
 
