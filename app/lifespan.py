@@ -25,9 +25,10 @@ from app.db.engine import close_engine, open_engine
 from app.effects import make_effects
 from app.errors import AppError
 from app.job_queue import JobQueue
-from app.realtime.bus import EventBus
+from app.realtime.bus import RESUBSCRIBED, EventBus
 from app.realtime.hub import Hub
 from app.realtime.presence import REFRESH_SECONDS, Presence
+from app.security import forget_account
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,12 @@ def redis_client(url: str) -> Redis:
 
 def _on_control(hub: Hub) -> Callable[[dict[str, str]], None]:
     def handle(message: dict[str, str]) -> None:
+        if RESUBSCRIBED in message:  # control messages may have been missed meanwhile
+            forget_account(None)
+        if "forget_user" in message:
+            forget_account(uuid.UUID(message["forget_user"]))
         if "close_user" in message:
+            forget_account(uuid.UUID(message["close_user"]))
             hub.close_user(uuid.UUID(message["close_user"]), message.get("reason", "deactivated"))
         if "drop_channel" in message:
             hub.drop_channel(message["drop_channel"], message.get("keep_user", ""))

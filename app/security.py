@@ -21,7 +21,7 @@ import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import jwt
 import msgspec
@@ -194,9 +194,53 @@ def token_kind(claims: dict[str, Any]) -> TokenKind:
     return "stream" if use == STREAM_TOKEN_USE else "service" if service else "access"
 
 
+class _Account(NamedTuple):
+    user: AuthUser
+    active: bool
+    valid_after: float | None  # `tokens_valid_after` as a Unix time
+    read_at: float  # time.monotonic() when it was read
+
+
+ACCOUNT_MEMORY_SECONDS = 30.0
+"""How long a process trusts what it read about an account without reading it again. Changes that
+matter (deactivation, reactivation, token revocation) are also announced by a `forget_user` control
+message from the change's outbox, so every process forgets them within milliseconds; this bound
+only covers a control message lost while a process was cut off from Redis (it also forgets
+everything when it resubscribes)."""
+MAX_REMEMBERED_ACCOUNTS = 100_000
+_accounts: dict[uuid.UUID, _Account] = {}
+
+
+def forget_account(user_id: uuid.UUID | None) -> None:
+    """Read this account (or, for None, every account) from the database on its next request."""
+    if user_id is None:
+        _accounts.clear()
+    else:
+        _accounts.pop(user_id, None)
+
+
+async def _account(user_id: uuid.UUID) -> _Account | None:
+    account = _accounts.get(user_id)
+    if account is not None and time.monotonic() - account.read_at < ACCOUNT_MEMORY_SECONDS:
+        return account
+    row = await User.select(User.id, User.role, User.email, User.name, User.active, User.tokens_valid_after).where(
+        User.id == user_id
+    ).first()
+    if row is None:
+        return None
+    valid_after = row["tokens_valid_after"]
+    account = _Account(AuthUser(id=row["id"], role=row["role"], email=row["email"], name=row["name"]),
+                       row["active"], valid_after.timestamp() if valid_after else None, time.monotonic())
+    if len(_accounts) >= MAX_REMEMBERED_ACCOUNTS:
+        _accounts.clear()
+    _accounts[user_id] = account
+    return account
+
+
 async def user_from_claims(claims: dict[str, Any]) -> AuthUser:
     """The active user a token's `sub` names, or 401; also 401 for a token issued before the
-    account's tokens were revoked (deactivation, password change, promotion)."""
+    account's tokens were revoked (deactivation, password change, promotion). The account is read
+    from the database at most every ACCOUNT_MEMORY_SECONDS per process, not on every request."""
     subject = claims["sub"]
     try:
         user_id = uuid.UUID(subject)
@@ -204,17 +248,14 @@ async def user_from_claims(claims: dict[str, Any]) -> AuthUser:
         raise Unauthorized("The token's subject is not a user id.") from None
     if str(user_id) != subject:  # one spelling per user: no braces, upper case or missing dashes
         raise Unauthorized("The token's subject is not a user id in canonical form.")
-    row = await User.select(User.id, User.role, User.email, User.name, User.active, User.tokens_valid_after).where(
-        User.id == user_id
-    ).first()
-    if row is None:
+    account = await _account(user_id)
+    if account is None:
         raise Unauthorized("The token's user does not exist.")
-    if not row["active"]:
+    if not account.active:
         raise Unauthorized("This account is deactivated.")
-    valid_after = row["tokens_valid_after"]
-    if valid_after is not None and claims["iat"] < valid_after.timestamp():
+    if account.valid_after is not None and claims["iat"] < account.valid_after:
         raise Unauthorized("The token was revoked (the account changed since it was issued); sign in again.")
-    return AuthUser(id=row["id"], role=row["role"], email=row["email"], name=row["name"])
+    return account.user
 
 
 Connection = ASGIConnection[Any, Any, Any, Any]

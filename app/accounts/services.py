@@ -14,8 +14,9 @@ from app.db.errors import is_unique_violation
 from app.db.tables import User
 from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unauthorized, Unprocessable
+from app.outbox.change import recorded_change
 from app.pagination import keyset_page
-from app.security import AuthUser, hash_password, issued_now, verify_password
+from app.security import AuthUser, forget_account, hash_password, issued_now, verify_password
 from app.wire import is_plain_address
 
 
@@ -88,7 +89,10 @@ async def ensure_admin(email: str, password: str) -> UserRead:
     if not await verify_password(password, row["password_hash"]):
         changes.update({User.password_hash: await hash_password(password), User.tokens_valid_after: revoked_now()})
     if changes:
-        await User.update(changes).where(User.email == email)
+        async with recorded_change(None) as change:  # API relays carry it out (this may be the CLI)
+            await User.update(changes).where(User.email == email)
+            change.control({"forget_user": str(row["id"])})
+        forget_account(row["id"])
     return to_user_read({**row, "active": True})
 
 
@@ -134,8 +138,10 @@ async def set_active(admin: AuthUser, user_id: uuid.UUID, active: bool, effects:
         changes[User.tokens_valid_after] = revoked_now()
     async with effects.change() as change:
         await User.update(changes).where(User.id == user_id)
+        change.control({"forget_user": str(user_id)})  # every API process reads the account again
         if not active:  # end the user's open streams on every API process
             change.control({"close_user": str(user_id), "reason": "deactivated"})
+    forget_account(user_id)  # at once in this process
     return to_user_read({**{f: getattr(user, f) for f in user.__struct_fields__}, "active": active})
 
 

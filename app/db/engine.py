@@ -11,26 +11,107 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import aiosqlite
 from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
-from piccolo.engine.sqlite import SQLiteEngine
+from piccolo.engine.sqlite import SQLiteEngine, SQLiteTransaction, TransactionType, dict_factory
+from piccolo.table import Table
 
 # SQLite serialises writers; a generous busy timeout makes racing writers wait instead of failing.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 
+IDLE_SQLITE_CONNECTIONS = 8
+
+
 class LocalSQLiteEngine(SQLiteEngine):
-    """SQLite with an in-process queue for writers.
+    """SQLite with an in-process queue for writers, and connections that are kept and reused.
 
     SQLite lets one writer in at a time and makes the others poll with growing sleeps, so under
     load late arrivals overtake early ones and the tail latency reaches seconds. Writers of this
     process wait their turn on `write_lock` (first come, first served) and only then take the
     database lock; the busy timeout still arbitrates between processes sharing the file.
+
+    Piccolo's SQLiteEngine opens a new connection (and aiosqlite a new thread) for every query
+    outside a transaction and for every transaction, about 1 ms of CPU each; this engine keeps up
+    to IDLE_SQLITE_CONNECTIONS idle connections and hands them out again. It overrides Piccolo
+    internals (`_run_in_new_connection`, the transaction's `__aexit__`) and aiosqlite's (the
+    connection's `_thread`), so `pyproject.toml` pins both minor versions and
+    tests/unit/test_sqlite_pool.py fails loudly when they move.
     """
 
     def __init__(self, path: str, **connection_kwargs: Any) -> None:
         super().__init__(path=path, **connection_kwargs)
         self.write_lock = asyncio.Lock()
+        self._idle: list[aiosqlite.Connection] = []
+
+    async def get_connection(self) -> aiosqlite.Connection:
+        """An idle connection, or a new one."""
+        if self._idle:
+            return self._idle.pop()
+        pending = aiosqlite.connect(**self.connection_kwargs)
+        # aiosqlite runs each connection in a thread of its own, not a daemon one: a kept connection
+        # would hold a finished process (a CLI command, a stopping worker) open.
+        pending._thread.daemon = True
+        connection = await pending
+        connection.row_factory = dict_factory  # type: ignore[assignment]  # as in Piccolo's own connections
+        await connection.execute("PRAGMA foreign_keys = 1")
+        return connection
+
+    async def release(self, connection: aiosqlite.Connection, healthy: bool = True) -> None:
+        """Give a connection back (closed instead when unhealthy, or when enough are idle)."""
+        if healthy and len(self._idle) < IDLE_SQLITE_CONNECTIONS and not connection.in_transaction:
+            self._idle.append(connection)
+        else:
+            await connection.close()
+
+    async def close_idle(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()
+
+    async def _run_in_new_connection(
+        self, query: str, args: list[Any] | None = None, query_type: str = "generic",
+        table: type[Table] | None = None,
+    ) -> Any:
+        connection = await self.get_connection()
+        healthy = False
+        try:
+            async with connection.execute(query, args or []) as cursor:
+                await connection.commit()
+                rows = await cursor.fetchall()
+            healthy = True
+            return rows
+        finally:
+            await self.release(connection, healthy)
+
+    def transaction(
+        self, transaction_type: TransactionType = TransactionType.deferred, allow_nested: bool = True
+    ) -> SQLiteTransaction:
+        return _PooledTransaction(engine=self, transaction_type=transaction_type, allow_nested=allow_nested)
+
+
+class _PooledTransaction(SQLiteTransaction):
+    """Piccolo's SQLite transaction, giving its connection back to the engine instead of closing it."""
+
+    async def __aexit__(self, exception_type: Any, exception: BaseException | None, traceback: Any) -> bool:
+        if self._parent:
+            return exception is None
+        healthy = True
+        try:
+            if exception:
+                if not self._rolled_back:
+                    await self.rollback()
+            elif not self._committed and not self._rolled_back:
+                await self.commit()
+        except BaseException:
+            healthy = False
+            raise
+        finally:
+            engine = self.engine
+            assert isinstance(engine, LocalSQLiteEngine)
+            await engine.release(self.connection, healthy)
+            engine.current_transaction.reset(self.context)
+        return exception is None
 
 
 def engine_from_url(url: str) -> Engine:
@@ -66,3 +147,5 @@ async def close_engine(engine: Engine) -> None:
     """Close the connection pool, if there is one."""
     if isinstance(engine, PostgresEngine):
         await engine.close_connection_pool()
+    elif isinstance(engine, LocalSQLiteEngine):
+        await engine.close_idle()

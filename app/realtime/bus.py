@@ -39,6 +39,9 @@ GLOBAL_STREAM = KEY_PREFIX + "all"
 CHANNEL_STREAM_PATTERN = KEY_PREFIX + "ch:*"
 LIVE_CHANNEL = "bookwire:ev:live"
 CONTROL_CHANNEL = "bookwire:ev:control"
+RESUBSCRIBED = "resubscribed"
+"""The control message `follow` makes up when it (re)subscribes: control messages may have been
+missed while the subscription was down (they are not kept in a stream)."""
 DEDUP_SECONDS = 24 * 3600
 CATCH_UP_BATCH = 1000
 
@@ -203,6 +206,8 @@ class EventBus:
                     if message["type"] == "subscribe":
                         # Also seen when redis-py silently reconnects and resubscribes after a short
                         # outage: whatever was published meanwhile is only in the stream.
+                        if message["channel"] == CONTROL_CHANNEL.encode():
+                            control({RESUBSCRIBED: "1"})
                         if message["channel"] == LIVE_CHANNEL.encode():
                             last = await self._catch_up(last, deliver)
                             if ready is not None:
