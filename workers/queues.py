@@ -3,6 +3,8 @@ passed in, never found globally."""
 
 from __future__ import annotations
 
+import time
+
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq_scheduler import Scheduler
@@ -26,6 +28,24 @@ def build_worker(connection: Redis) -> SimpleWorker:
     return SimpleWorker(queues(connection), connection=connection)
 
 
+SCHEDULER_LOCK_MILLISECONDS = 1000
+
+
+class ShortLockScheduler(Scheduler):
+    """rq-scheduler whose lock lives 1 s instead of `interval + 10` s.
+
+    Schedulers take turns through a Redis lock held only while they move due jobs (milliseconds).
+    A scheduler SIGKILLed while holding it blocked every other one for the lock's TTL — 10 s with
+    rq-scheduler's own, so reminders fired up to 11 s late. Should a long move outlive 1 s, a second
+    scheduler may move the same job too: every Bookwire job is idempotent. Overrides
+    `acquire_lock` (rq-scheduler pinned to 0.14; tests/unit/test_scheduler_lock.py checks it)."""
+
+    def acquire_lock(self) -> bool:
+        self._lock_acquired = bool(self.connection.set(
+            self.scheduler_lock_key, time.time(), px=SCHEDULER_LOCK_MILLISECONDS, nx=True))
+        return self._lock_acquired
+
+
 def build_scheduler(connection: Redis) -> Scheduler:
     """The rq-scheduler that moves due jobs to their queues, checking twice a second."""
-    return Scheduler(queue_name=DEFAULT_QUEUE, connection=connection, interval=SCHEDULER_INTERVAL_SECONDS)
+    return ShortLockScheduler(queue_name=DEFAULT_QUEUE, connection=connection, interval=SCHEDULER_INTERVAL_SECONDS)
