@@ -132,6 +132,9 @@ class EmailDelivery(Table, tablename="email_deliveries"):
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
     updated_at = Timestamptz(default=TimestamptzNow())
     sent_at = Timestamptz(null=True, default=None)
+    uncertain_attempts = Integer(default=0)
+    """Attempts that may have delivered it without Bookwire knowing (the SMTP server took the message
+    and then the reply was lost, or the worker died mid-send): at most one resend follows them."""
 
 
 class Reminder(Table, tablename="reminders"):

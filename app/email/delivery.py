@@ -16,7 +16,7 @@ import msgspec
 from app.db.tables import EmailDelivery, User
 from app.effects import Effects
 from app.email.rendering import TemplateProblem, render
-from app.email.sending import Undeliverable, build_message, check_recipient, deliver
+from app.email.sending import MaybeDelivered, Undeliverable, build_message, check_recipient, deliver
 from app.email.services import effective_template
 from app.job_queue import EMAIL_QUEUE, SEND_EMAIL, email_job_id
 from app.metrics import count_worker_event
@@ -29,13 +29,28 @@ class RecipientDeactivated(Undeliverable):
     """The delivery's recipient is a deactivated account: it ends `failed`, quietly (no alert)."""
 
 
+class MaybeSentTwice(Undeliverable):
+    """Two attempts may each have delivered it: a third is not made (at most one resend)."""
+
+
+MAX_UNCERTAIN_ATTEMPTS = 2
+
+
 async def send_delivery(effects: Effects, delivery_id: str) -> None:
-    """Send one delivery, exactly once as far as Bookwire can tell (see `_claim`)."""
+    """Send one delivery, exactly once as far as Bookwire can tell (see `_claim`).
+
+    Duplicates are bounded: an attempt that may have delivered the message unbeknown to Bookwire
+    (MaybeDelivered, or a claim that expired: the worker died mid-send or before recording the
+    250) is counted, and after two such the delivery fails for good instead of transmitting a
+    third time. So a receiver gets at most one resend, always with the same Message-ID; a failure
+    the server reported (or no connection at all) is certain, not counted, and retried as usual."""
     settings = effects.settings
     row = await _claim(uuid.UUID(delivery_id), settings.email_send_timeout)
     if row is None:
         return  # sent, failed for good, or being sent by someone else right now
     try:
+        if row["uncertain_attempts"] >= MAX_UNCERTAIN_ATTEMPTS:
+            raise MaybeSentTwice(f"{row['uncertain_attempts']} attempts may have delivered it; not sent again")
         check_recipient(row["to_address"])  # a malformed address stored before addresses were checked
         if await User.exists().where(User.email == row["to_address"].lower(), User.active == False):  # noqa: E712
             raise RecipientDeactivated(f"{row['to_address']} belongs to a deactivated account; not sent")
@@ -57,9 +72,11 @@ async def _claim(delivery_id: uuid.UUID, send_timeout: int) -> dict[str, Any] | 
     attempt. A claim expires after the send timeout, so a worker killed mid-send is retried — once
     the SMTP conversation it was in can no longer complete."""
     now = datetime.now(UTC)
-    claimable = (EmailDelivery.status == "queued") | (
-        (EmailDelivery.status == "sending") & (EmailDelivery.claimed_until < now)
-    )
+    # An expired claim: that attempt's worker died mid-send, or after the 250 and before recording it.
+    await EmailDelivery.update({EmailDelivery.status: "queued",
+                                EmailDelivery.uncertain_attempts: EmailDelivery.uncertain_attempts + 1}).where(
+        EmailDelivery.id == delivery_id, EmailDelivery.status == "sending", EmailDelivery.claimed_until < now)
+    claimable = EmailDelivery.status == "queued"
     rows = await EmailDelivery.update({
         EmailDelivery.status: "sending", EmailDelivery.attempts: EmailDelivery.attempts + 1,
         EmailDelivery.claimed_until: now + timedelta(seconds=send_timeout + 5), EmailDelivery.updated_at: now,
@@ -73,11 +90,16 @@ async def _failed_attempt(effects: Effects, row: dict[str, Any], exc: Exception)
     error = f"{type(exc).__name__}: {exc}"[:2000]
     now = datetime.now(UTC)
     # No retry can fix a broken template or a recipient that cannot or must not be mailed.
-    give_up = attempt > len(intervals) or isinstance(exc, TemplateProblem | Undeliverable)
+    uncertain = row["uncertain_attempts"] + isinstance(exc, MaybeDelivered)
+    give_up = (attempt > len(intervals) or uncertain >= MAX_UNCERTAIN_ATTEMPTS
+               or isinstance(exc, TemplateProblem | Undeliverable))
     quiet = isinstance(exc, RecipientDeactivated)  # by design: nothing for an admin to do
     async with effects.change() as change:  # the outcome and what it sets in motion, together
-        await EmailDelivery.update({"status": "failed" if give_up else "queued", "last_error": error,
-                                    "updated_at": now, "claimed_until": None}).where(EmailDelivery.id == row["id"])
+        await EmailDelivery.update({
+            "status": "failed" if give_up else "queued", "last_error": error, "updated_at": now,
+            "claimed_until": None,
+            "uncertain_attempts": uncertain,
+        }).where(EmailDelivery.id == row["id"])
         if give_up and not quiet:
             change.publish("system.alert", [role_channel("admin")], {
                 "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],

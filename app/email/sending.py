@@ -13,6 +13,7 @@ import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from typing import Any
 
 from app.email.rendering import Rendered
 from app.settings import Settings
@@ -24,6 +25,21 @@ log = logging.getLogger(__name__)
 
 class Undeliverable(ValueError):
     """A recipient no message can go to (not a plain address, or a deactivated account): no retry helps."""
+
+
+class MaybeDelivered(RuntimeError):
+    """The message was handed to the SMTP server and then no reply came (a timeout, a dropped
+    connection): it may have been delivered."""
+
+
+class _SMTP(smtplib.SMTP):
+    """Knows whether the message itself was being transmitted when something failed."""
+
+    transmitting = False
+
+    def data(self, msg: Any) -> Any:
+        self.transmitting = True
+        return super().data(msg)
 
 
 def check_recipient(to_address: str) -> None:
@@ -66,11 +82,18 @@ def deliver(settings: Settings, message: EmailMessage, delivery_id: str, to_addr
         temporary.replace(path)  # atomic: a reader never sees half a message, a retry overwrites
         log.info("simulation mode: email %s to %s written to %s", message["Message-ID"], message["To"], path)
         return
-    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.email_send_timeout) as smtp:
+    with _SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.email_send_timeout) as smtp:
         if settings.smtp_starttls:
             smtp.starttls(context=ssl.create_default_context())
         if settings.smtp_username:
             smtp.login(settings.smtp_username, settings.smtp_password or "")
-        smtp.send_message(message, from_addr=parseaddr(settings.smtp_from)[1] or settings.smtp_from,
-                          to_addrs=[to_address])
+        try:
+            smtp.send_message(message, from_addr=parseaddr(settings.smtp_from)[1] or settings.smtp_from,
+                              to_addrs=[to_address])
+        except smtplib.SMTPResponseException:
+            raise  # the server answered: it did not take the message
+        except Exception as exc:
+            if smtp.transmitting:
+                raise MaybeDelivered(f"{type(exc).__name__}: {exc} (after the message was sent)") from exc
+            raise
     log.info("email %s sent to %s through %s", message["Message-ID"], message["To"], settings.smtp_host)
