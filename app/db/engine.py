@@ -35,7 +35,8 @@ class LocalSQLiteEngine(SQLiteEngine):
     Piccolo's SQLiteEngine opens a new connection (and aiosqlite a new thread) for every query
     outside a transaction and for every transaction, about 1 ms of CPU each; this engine keeps up
     to IDLE_SQLITE_CONNECTIONS idle connections and hands them out again. It overrides Piccolo
-    internals (`_run_in_new_connection`, the transaction's `__aexit__`) and aiosqlite's (the
+    internals (`_run_in_new_connection`, `_run_in_existing_connection`, the transaction's
+    `__aexit__`) and aiosqlite's (the
     connection's `_thread`), so `pyproject.toml` pins both minor versions and
     tests/unit/test_sqlite_pool.py fails loudly when they move.
     """
@@ -56,6 +57,10 @@ class LocalSQLiteEngine(SQLiteEngine):
         connection = await pending
         connection.row_factory = dict_factory  # type: ignore[assignment]  # as in Piccolo's own connections
         await connection.execute("PRAGMA foreign_keys = 1")
+        # In WAL mode, NORMAL syncs the log at checkpoints rather than at every COMMIT: a commit
+        # survives the process crashing, but the last ones may be lost if the machine loses
+        # power. FULL cost an fsync per write transaction, which capped SQLite at ~20 writes/s.
+        await connection.execute("PRAGMA synchronous = NORMAL")
         return connection
 
     async def release(self, connection: aiosqlite.Connection, healthy: bool = True) -> None:
@@ -83,6 +88,15 @@ class LocalSQLiteEngine(SQLiteEngine):
             return rows
         finally:
             await self.release(connection, healthy)
+
+    async def _run_in_existing_connection(
+        self, connection: aiosqlite.Connection, query: str, args: list[Any] | None = None,
+        query_type: str = "generic", table: type[Table] | None = None,
+    ) -> Any:
+        # Piccolo's own runs `PRAGMA foreign_keys = 1` before every statement of a transaction: a
+        # second trip to the connection's thread. Our connections set it once, when made.
+        async with connection.execute(query, args or []) as cursor:
+            return await cursor.fetchall()
 
     def transaction(
         self, transaction_type: TransactionType = TransactionType.deferred, allow_nested: bool = True

@@ -18,6 +18,9 @@ from app.db.engine import IDLE_SQLITE_CONNECTIONS, LocalSQLiteEngine, close_engi
 def test_piccolo_and_aiosqlite_internals_are_where_the_engine_expects_them() -> None:
     params = list(inspect.signature(SQLiteEngine._run_in_new_connection).parameters)
     assert params == ["self", "query", "args", "query_type", "table"], params
+    params = list(inspect.signature(SQLiteEngine._run_in_existing_connection).parameters)
+    assert params == ["self", "connection", "query", "args", "query_type", "table"], params
+    assert sqlite3.sqlite_version_info >= (3, 35)  # RETURNING: the overrides drop Piccolo's fallback
     assert {"_parent", "_committed", "_rolled_back", "context", "connection"} <= set(SQLiteTransaction.__slots__)
     exit_source = inspect.getsource(SQLiteTransaction.__aexit__)
     assert "self.connection.close()" in exit_source and "current_transaction.reset(self.context)" in exit_source
@@ -39,6 +42,9 @@ async def _scenario(path: Path) -> None:
     async with engine.transaction(transaction_type=TransactionType.immediate) as transaction:
         assert transaction.connection is kept  # the kept connection carries the transaction too
         await engine.run_ddl("INSERT INTO t (v) VALUES ('in-transaction')")
+        # set once per connection, not before every statement as Piccolo's own engine does
+        assert await engine.run_ddl("PRAGMA foreign_keys") == [{"foreign_keys": 1}]
+        assert await engine.run_ddl("PRAGMA synchronous") == [{"synchronous": 1}]  # NORMAL
     assert engine._idle == [kept] and not kept.in_transaction
 
     with pytest.raises(RuntimeError):
