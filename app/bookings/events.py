@@ -15,6 +15,7 @@ from app.bookings.schemas import BookingRead
 from app.notifications.services import NewNotification, notify_each
 from app.outbox.change import Change
 from app.realtime.events import resource_channel, role_channel, user_channel
+from app.resources.schemas import Availability
 from app.resources.seats import availability_of
 
 Window = tuple[datetime, datetime]
@@ -59,11 +60,18 @@ def describe(booking: BookingRead, resource: dict[str, Any]) -> str:
     return f"{resource['name']} on {local:%Y-%m-%d %H:%M} ({resource['timezone']})"
 
 
-async def booking_changed(change: Change, booking: BookingRead, event_type: str, seat_windows: list[Window]) -> None:
+async def booking_changed(
+    change: Change, booking: BookingRead, event_type: str, seat_windows: list[Window] | list[Availability],
+) -> None:
     """Publish `event_type`, and availability for the windows whose seats changed (read inside the
-    change's transaction, under the resource's lock, so it is the availability this change left)."""
+    change's transaction, under the resource's lock, so it is the availability this change left;
+    or given, when the change already knows it)."""
     change.publish(event_type, booking_channels(booking), booking)
-    for start, end in _merge(seat_windows):
+    for availability in seat_windows:
+        if isinstance(availability, Availability):
+            change.publish("resource.availability", [resource_channel(booking.resource_id)], availability)
+    windows = [w for w in seat_windows if not isinstance(w, Availability)]
+    for start, end in _merge(windows):
         change.publish("resource.availability", [resource_channel(booking.resource_id)],
                        await availability_of(booking.resource_id, start, end))
 

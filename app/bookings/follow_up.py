@@ -5,6 +5,7 @@ that they happen exactly when the change commits."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from app.bookings.emails import queue_booking_emails
 from app.bookings.events import Window, booking_changed, notify_parties
@@ -12,18 +13,21 @@ from app.bookings.parties import booking_parties
 from app.bookings.reminders import plan_deadline, plan_reminders
 from app.bookings.schemas import BookingRead
 from app.outbox.change import Change
+from app.resources.schemas import Availability
 from app.settings import Settings
 
 
 async def follow_up(
     change: Change, settings: Settings, booking: BookingRead, event_type: str, actor_id: uuid.UUID | None,
-    seat_windows: list[Window], reason: str | None = None, deadline_seconds: int | None = None,
+    seat_windows: list[Window] | list[Availability], reason: str | None = None,
+    resource: dict[str, Any] | None = None,
 ) -> None:
     """Publish, notify, mail and (re)schedule after `event_type`, inside the change's transaction.
-    `deadline_seconds` is the resource's response deadline (for a new booking)."""
+    `seat_windows`: the windows whose seats changed (or their availability, when known); `resource`:
+    the resource's row when the change has read it already (name, timezone, response deadline)."""
     await booking_changed(change, booking, event_type, seat_windows)
-    parties = await booking_parties(booking)  # once, for the notifications and the emails
+    parties = await booking_parties(booking, resource)  # once, for the notifications and the emails
     await notify_parties(change, booking, parties, event_type, actor_id)
     await queue_booking_emails(change, settings, booking, parties, event_type, reason)
     await plan_reminders(change, settings, booking, event_type)
-    plan_deadline(change, booking, event_type, deadline_seconds)
+    plan_deadline(change, booking, event_type, resource["response_deadline_seconds"] if resource else None)

@@ -14,16 +14,25 @@ Parties = tuple[dict[str, Any], dict[str, dict[str, Any]]]
 `email`, `active`)."""
 
 
-async def booking_parties(booking: BookingRead) -> Parties:
-    """The resource and the customer and owner of one booking."""
-    return (await parties_of([booking]))[booking.id]
+async def booking_parties(booking: BookingRead, resource: dict[str, Any] | None = None) -> Parties:
+    """The resource (unless the caller has its row already) and the customer and owner of one booking."""
+    if resource is None:
+        return (await parties_of([booking]))[booking.id]
+    return resource, _people(booking, await _users([booking]))
 
 
 async def parties_of(bookings: list[BookingRead]) -> dict[uuid.UUID, Parties]:
     """`booking_parties` for many bookings in two queries."""
     resources = {r["id"]: r for r in await Resource.select(Resource.id, Resource.name, Resource.timezone).where(
         Resource.id.is_in(list({b.resource_id for b in bookings})))}
-    users = {u["id"]: u for u in await User.select(User.id, User.name, User.email, User.active).where(
+    users = await _users(bookings)
+    return {b.id: (resources[b.resource_id], _people(b, users)) for b in bookings}
+
+
+async def _users(bookings: list[BookingRead]) -> dict[uuid.UUID, dict[str, Any]]:
+    return {u["id"]: u for u in await User.select(User.id, User.name, User.email, User.active).where(
         User.id.is_in(list({u for b in bookings for u in (b.customer_id, b.owner_id)})))}
-    return {b.id: (resources[b.resource_id], {"customer": users[b.customer_id], "owner": users[b.owner_id]})
-            for b in bookings}
+
+
+def _people(booking: BookingRead, users: dict[uuid.UUID, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {"customer": users[booking.customer_id], "owner": users[booking.owner_id]}

@@ -24,13 +24,13 @@ from app.bookings.schemas import (
 )
 from app.bookings.status import TRANSITIONS, Transition, allowed_actions, may_take
 from app.db.tables import Booking, BookingHistory, Reminder, Resource, User
-from app.db.transactions import lock_row
+from app.db.transactions import for_update, lock_row
 from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
 from app.idempotency import Remember
 from app.pagination import keyset_page
-from app.resources.capacity import HOLDS_SEATS, peak_seats
-from app.resources.seats import seat_holders
+from app.resources.capacity import HOLDS_SEATS, Interval, peak_seats
+from app.resources.seats import availability_from, seat_holders
 from app.security import AuthUser
 from app.validation import to_utc
 
@@ -74,8 +74,9 @@ def _check_interval(starts_at: datetime, ends_at: datetime, now: datetime) -> No
 async def _check_capacity(
     resource: dict[str, Any], starts_at: datetime, ends_at: datetime, seats: int,
     ignore: uuid.UUID | None = None,
-) -> None:
-    """409 when `seats` more would exceed capacity at some instant. Call under the resource lock."""
+) -> list[Interval]:
+    """409 when `seats` more would exceed capacity at some instant; else the other seat holders of
+    the interval. Call under the resource lock."""
     holders = await seat_holders(resource["id"], starts_at, ends_at, ignore)
     taken = peak_seats(holders, starts_at, ends_at)
     if taken + seats > resource["capacity"]:
@@ -83,6 +84,7 @@ async def _check_capacity(
             f"Only {resource['capacity'] - taken} of {resource['capacity']} seats are free in this interval.",
             seats_left=resource["capacity"] - taken,
         )
+    return holders
 
 
 async def _customer_for(user: AuthUser, customer_id: uuid.UUID | None) -> uuid.UUID:
@@ -109,10 +111,11 @@ async def _history(booking_id: uuid.UUID, action: str, actor_id: uuid.UUID | Non
 
 
 async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
-    """The resource row if it may take bookings now, else 422 (the same answer whatever the reason)."""
-    resource = await Resource.select(*Resource.all_columns()).where(
+    """The resource row if it may take bookings now, else 422 (the same answer whatever the reason);
+    inside a write transaction, also locked until commit."""
+    resource = await for_update(Resource.select(*Resource.all_columns()).where(
         Resource.id == resource_id, Resource.offered()  # a deactivated provider takes no bookings
-    ).first()
+    ), Resource).first()
     if resource is None:
         raise Unprocessable.field("resource_id", "no active resource has this id")
     return resource
@@ -127,12 +130,11 @@ async def create_booking(
     starts_at, ends_at = to_utc(data.starts_at, "starts_at"), to_utc(data.ends_at, "ends_at")
     _check_interval(starts_at, ends_at, datetime.now(UTC))
     async with effects.change() as change:
-        await lock_row(Resource, data.resource_id)
+        resource = await _bookable_resource(data.resource_id)  # and its lock
         now = datetime.now(UTC)  # after the lock, so created_at follows commit order for one resource
-        resource = await _bookable_resource(data.resource_id)
         if data.seats > resource["capacity"]:
             raise Unprocessable.field("seats", f"the resource has only {resource['capacity']} seats")
-        await _check_capacity(resource, starts_at, ends_at, data.seats)
+        holders = await _check_capacity(resource, starts_at, ends_at, data.seats)
         row = {
             "id": uuid.uuid4(), "resource_id": resource["id"], "customer_id": customer_id,
             "owner_id": resource["owner_id"], "starts_at": starts_at, "ends_at": ends_at, "seats": data.seats,
@@ -143,8 +145,9 @@ async def create_booking(
         await Booking.insert(Booking(**row))
         await _history(row["id"], "create", user.id, None, row["status"], None, now)
         booking = to_booking_read(row)
-        await follow_up(change, effects.settings, booking, "booking.created", user.id, [(starts_at, ends_at)],
-                        deadline_seconds=resource["response_deadline_seconds"])
+        left = availability_from(resource["id"], resource["capacity"], [*holders, (starts_at, ends_at, data.seats)],
+                                 starts_at, ends_at)
+        await follow_up(change, effects.settings, booking, "booking.created", user.id, [left], resource=resource)
         if remember is not None:
             await remember(booking)
     return booking

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import TransactionType
+from piccolo.query.methods.select import Select
 from piccolo.table import Table
 
 from app.db.engine import LocalSQLiteEngine
@@ -30,6 +31,12 @@ async def write_transaction() -> AsyncIterator[None]:
     else:
         async with engine.transaction():
             yield
+
+
+def for_update(query: Select, table: type[Table]) -> Select:
+    """Inside `write_transaction`: `query` also locks the rows of `table` it reads until commit (on
+    PostgreSQL; SQLite already holds the whole file) — a lock and a read in one round trip."""
+    return query.lock_rows("UPDATE", of=(table,)) if isinstance(table._meta.db, PostgresEngine) else query
 
 
 async def lock_row(table: type[Table], row_id: uuid.UUID) -> None:

@@ -21,12 +21,19 @@ async def seat_holders(
     return [(r["starts_at"], r["ends_at"], r["seats"]) for r in rows if r["id"] != ignore]
 
 
+def availability_from(
+    resource_id: uuid.UUID, capacity: int, holders: list[Interval], start: datetime, end: datetime
+) -> Availability:
+    """The availability over `[start, end)` that `holders` (all seat holders overlapping it) leave."""
+    busy = [
+        BusyInterval(starts_at=s, ends_at=e, seats_taken=n, seats_left=max(capacity - n, 0))
+        for s, e, n in occupancy(holders, start, end)
+    ]
+    return Availability(resource_id=resource_id, capacity=capacity, from_=start, to=end, busy=busy)
+
+
 async def availability_of(resource_id: uuid.UUID, start: datetime, end: datetime) -> Availability:
     """Maximal intervals of `[start, end)` with a constant, non-zero number of seats taken."""
     resource = await Resource.select(Resource.capacity).where(Resource.id == resource_id).first()
     capacity = resource["capacity"] if resource else 0
-    busy = [
-        BusyInterval(starts_at=s, ends_at=e, seats_taken=n, seats_left=max(capacity - n, 0))
-        for s, e, n in occupancy(await seat_holders(resource_id, start, end), start, end)
-    ]
-    return Availability(resource_id=resource_id, capacity=capacity, from_=start, to=end, busy=busy)
+    return availability_from(resource_id, capacity, await seat_holders(resource_id, start, end), start, end)

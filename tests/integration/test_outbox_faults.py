@@ -343,10 +343,12 @@ def test_redis_down_during_changes_loses_nothing(tmp_path: Path, engine: str) ->
     redis_server.start()
     try:
         with fresh_database(engine, tmp_path) as database_url, \
-                two_apis(tmp_path, engine, database_url, redis_server.url, redis_server.url) as (a, _, b, _):
+                two_apis(tmp_path, engine, database_url, redis_server.url, redis_server.url) as (a, process_a, b,
+                                                                                               process_b):
             customer, owner = register(a, "customer", "Carol Customer"), register(a, "provider", "Paula Provider")
             admin = sign_in_admin(b)
             asyncio.run(_redis_down(a, b, customer, owner, admin, redis_server))
+            assert process_a.poll() is None and process_b.poll() is None, "an API process died\n" + logs(a, b)
     finally:
         redis_server.stop()
 
@@ -377,6 +379,7 @@ async def _redis_down(a: Server, b: Server, customer: Actor, owner: Actor, admin
         await asyncio.to_thread(outbox_settled, on(a, admin).http)
 
         await asyncio.to_thread(redis_server.stop)
+        down_at = time.monotonic()
         for step in OUTAGE_PLAN:
             if step.ref not in ids and step.action != "create":
                 answers.append((step, 0, f"skipped: {step.ref} was never created"))
@@ -403,6 +406,7 @@ async def _redis_down(a: Server, b: Server, customer: Actor, owner: Actor, admin
 
         await asyncio.to_thread(redis_server.start)
         back_at = time.monotonic()
+        down_for = back_at - down_at
 
         def delivered() -> bool:
             return all(outage_keys <= f.booking_versions() for f in followers) or any(f.error for f in followers)
@@ -421,7 +425,7 @@ async def _redis_down(a: Server, b: Server, customer: Actor, owner: Actor, admin
         for follower in followers:
             await follower.stop()
 
-    print(f"\n[redis down] changes while down: {[(s.action, s.ref, st) for s, st, _ in answers]}"
+    print(f"\n[redis down] down {down_for:.1f} s; changes: {[(s.action, s.ref, st) for s, st, _ in answers]}"
           f"\n[redis down] outbox backlog while down: {waiting:.0f}; long-poll probes on B: "
           f"{[(n, s) for n, s, _ in probes]}\n[redis down] last event after Redis came back, per reader: "
           + ", ".join(f"{label} {late:.2f}s" for label, late in lateness.items())
@@ -698,9 +702,11 @@ def test_worker_killed_while_firing_reminders(tmp_path: Path) -> None:
                         "ends_at": (starts_at + timedelta(hours=1)).isoformat()})
                     assert answer.status_code == 201 and answer.json()["status"] == "confirmed", answer.text
                     waves[wave].append(answer.json())
+            planned = [[r for booking in waves[w] for r in reminders_of(customer, booking["id"])] for w in range(2)]
             margin = (due[0] - datetime.now(UTC)).total_seconds()
             assert margin > 1, f"booking took too long: only {margin:.1f} s left before the reminders are due"
-            planned = [[r for booking in waves[w] for r in reminders_of(customer, booking["id"])] for w in range(2)]
+            wave1 = {plain(r["id"]) for r in planned[0]}
+            wave2 = {plain(r["id"]) for r in planned[1]}
             for w in range(2):
                 assert len(planned[w]) == 2 * WAVE, planned[w]
                 assert all(datetime.fromisoformat(r["due_at"].replace("Z", "+00:00")) == due[w] for r in planned[w]), \
@@ -712,14 +718,14 @@ def test_worker_killed_while_firing_reminders(tmp_path: Path) -> None:
                 started = Queue(DEFAULT_QUEUE, connection=redis).started_job_registry.key
 
                 def firing() -> bool:
+                    """The job firing reminders has started (or, should it have been too quick to see, committed)."""
                     members: Any = redis.zrange(started, 0, -1)
-                    return any(m.decode().startswith(REMINDERS_JOB_PREFIX) for m in members)
+                    return (any(m.decode().startswith(REMINDERS_JOB_PREFIX) for m in members)
+                            or bool(sent_reminders(stack.database_url) & wave1))
 
                 kill_when(worker, firing, margin + 15, "the job firing wave 1 starting")
             finally:
                 redis.close()
-            wave1 = {plain(r["id"]) for r in planned[0]}
-            wave2 = {plain(r["id"]) for r in planned[1]}
             first_kill = len(sent_reminders(stack.database_url) & wave1)
             worker = start_worker(2)
 
@@ -730,7 +736,8 @@ def test_worker_killed_while_firing_reminders(tmp_path: Path) -> None:
             rows_left = outbox_rows(stack.database_url)
             second_kill = len(sent_reminders(stack.database_url) & wave2)
             start_worker(3)
-            print(f"\n[reminders] kill 1: {first_kill} of {2 * WAVE} wave-1 reminders were sent; kill 2: "
+            print(f"\n[reminders] ready {margin:.1f} s before wave 1 was due; kill 1: {first_kill} of {2 * WAVE} "
+                  f"wave-1 reminders were sent; kill 2: "
                   f"{second_kill} of {2 * WAVE} wave-2 reminders were sent and {rows_left} outbox rows were waiting")
 
             everything = planned[0] + planned[1]

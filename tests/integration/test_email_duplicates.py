@@ -1,0 +1,233 @@
+"""Duplicates are bounded: at most one resend per email, only after an attempt that may have
+delivered it unbeknown to Bookwire, always with the same Message-ID (app/email/delivery.py).
+
+Real processes, as in test_email_workers.py (whose stack, SMTP sink and helpers these tests reuse):
+a `bookwire api` on SQLite, a `bookwire worker` and a `bookwire scheduler` on a Redis of the
+module's own, and an aiosmtpd sink on 127.0.0.1 recording every message that crossed the wire
+(end of DATA) whatever it then answered. A transfer the sink recorded is a message the server
+"took": a real MTA may already have committed it, so every recorded transfer counts as a copy.
+
+- A server that takes the message and then sits on its reply past EMAIL_SEND_TIMEOUT: the worker
+  sends it again once, then gives up (`failed`, an error saying it may have been delivered, one
+  `system.alert` to `role:admin`), although EMAIL_RETRY_INTERVALS would allow three more tries.
+- A worker SIGKILLed while the server sits on its reply: the claim expires, the sweep re-enqueues
+  it, a new worker sends it once more — same Message-ID — and it ends `sent`; that expired claim
+  counted as an uncertain attempt.
+- A server that refuses (451 to DATA, i.e. after the message was transmitted) twice and then
+  accepts: retried as usual, one accepted copy, `sent` on the third attempt — a failure the server
+  reported is certain, not counted towards the bound.
+
+Every wait is bounded; every process and the sink are stopped by the `stack` fixture.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import test_email_workers as email_workers
+from conftest import Actor
+from events import mark, poll
+from test_email_workers import (
+    SinkHandler,
+    Stack,
+    Story,
+    Transfer,
+    book,
+    deliveries,
+    eventually,
+    open_shop,
+    sigkill_tree,
+)
+
+# Its fixtures, offered to this module by name: a fresh Redis and data folder per test, stopped after.
+module_redis = email_workers.module_redis
+stack = email_workers.stack
+
+SEND_TIMEOUT = 2  # EMAIL_SEND_TIMEOUT (s): smtplib's timeout, and a claim lives SEND_TIMEOUT + 5 s
+CLAIM_SECONDS = SEND_TIMEOUT + 5
+RETRY_INTERVALS = "1s,1s,1s,1s"  # five attempts allowed: only the bound can stop a send at two
+SLOW_REPLY = 4.0  # the sink's wait before answering DATA, past SEND_TIMEOUT
+QUIET_SECONDS = 3.5  # watched after a delivery settles: an interval, the scheduler's poll, a transfer
+MAY_HAVE_BEEN_DELIVERED = re.compile(r"may\s*(?:be|have)?\s*(?:been\s*)?deliver", re.IGNORECASE)
+
+
+def email_settings(stack: Stack, handler: SinkHandler) -> dict[str, str]:
+    """Settings of every process: the sink listening, a short send timeout, short retry intervals."""
+    return stack.settings(stack.sink(handler), EMAIL_SEND_TIMEOUT=f"{SEND_TIMEOUT}s",
+                          EMAIL_RETRY_INTERVALS=RETRY_INTERVALS)
+
+
+def settled_as(admin: Actor, booking_id: str, statuses: dict[str, str]) -> Any:
+    """A check for `eventually`: the booking's deliveries by template key, once each has its status."""
+
+    def check() -> dict[str, dict[str, Any]] | None:
+        found = {d["template_key"]: d for d in deliveries(admin, booking_id)}
+        done = set(found) == set(statuses) and all(found[k]["status"] == s for k, s in statuses.items())
+        return found if done else None
+
+    return check
+
+
+def copies_by_message_id(handler: SinkHandler, items: dict[str, dict[str, Any]]) -> dict[str, list[Transfer]]:
+    """Every transfer the sink saw, by template key; none may carry a Message-ID of its own."""
+    keys = {d["message_id"]: key for key, d in items.items()}
+    transfers = handler.snapshot()
+    strays = [t.message_id for t in transfers if t.message_id not in keys]
+    assert not strays, f"a copy with a Message-ID that is not its delivery's: {strays}"
+    found: dict[str, list[Transfer]] = {key: [] for key in items}
+    for transfer in transfers:
+        found[keys[transfer.message_id]].append(transfer)
+    return found
+
+
+def uncertain_attempts(stack: Stack, delivery_id: str) -> int:
+    """`email_deliveries.uncertain_attempts` (internal: the admin view does not show it), read-only."""
+    path = stack.database_url.removeprefix("sqlite:///")
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = connection.execute("SELECT id, uncertain_attempts FROM email_deliveries").fetchall()
+    finally:
+        connection.close()
+    counts = {str(row_id).replace("-", "").lower(): count for row_id, count in rows}
+    count: int = counts[delivery_id.replace("-", "").lower()]
+    return count
+
+
+def admin_cursor(admin: Actor) -> str:
+    """The long-poll cursor now: events published after this are read by `admin_events_since`."""
+    answer = poll(admin.http)
+    assert answer.status_code == 200, answer.text
+    cursor: str = answer.json()["cursor"]
+    return cursor
+
+
+def admin_events_since(admin: Actor, cursor: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Every event an admin's long-poll reads after `cursor`, up to a `test.mark` published now
+    (after every committed change's events), so nothing that was going to arrive is missing."""
+    last = mark(admin)
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not any(e["id"] == last for e in events):
+        assert time.monotonic() < deadline, f"the mark {last} did not come within {timeout} s: {events}"
+        answer = poll(admin.http, cursor=cursor, timeout=2)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert not [e for e in body["events"] if e["type"] == "stream.reset"], body
+        events += body["events"]
+        cursor = body["cursor"]
+    return [e for e in events if e["id"] != last]
+
+
+def alerts_for(events: list[dict[str, Any]], delivery_id: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == "system.alert" and e["data"].get("delivery_id") == delivery_id]
+
+
+def test_slow_smtp_reply_is_resent_at_most_once(stack: Stack) -> None:
+    """The sink takes every message and answers only after SLOW_REPLY > EMAIL_SEND_TIMEOUT: each
+    attempt ends in a timeout after the message went out. Without the bound each email would be
+    transmitted five times (once per attempt EMAIL_RETRY_INTERVALS allows) and end failed after 5."""
+    handler = SinkHandler(stall=lambda attempt: SLOW_REPLY)
+    settings = email_settings(stack, handler)
+    story: Story = open_shop(stack, settings)
+    cursor = admin_cursor(story.admin)
+    stack.start("scheduler", settings, "scheduler.log")
+    stack.start("worker", settings, "worker.log")
+    booking = book(story.customer, story.resource["id"], 30)
+
+    statuses = {"booking.created.customer": "failed", "booking.created.owner": "failed"}
+    eventually(settled_as(story.admin, booking["id"], statuses), 45, "both deliveries failed", stack)
+    time.sleep(QUIET_SECONDS)  # a third attempt, had one been scheduled, would reach the sink now
+    items = settled_as(story.admin, booking["id"], statuses)()
+    assert items is not None, f"a failed delivery changed again: {deliveries(story.admin, booking['id'])}"
+    copies = copies_by_message_id(handler, items)
+    events = admin_events_since(story.admin, cursor)
+    for key, delivery in items.items():
+        sent = copies[key]
+        assert len(sent) == 2, f"{key}: transmitted {len(sent)} times, at most one resend allowed: {sent}"
+        assert not [t for t in sent if t.accepted], f"{key}: the sink answered before the client gave up: {sent}"
+        assert delivery["attempts"] == 2, delivery
+        assert MAY_HAVE_BEEN_DELIVERED.search(delivery["last_error"] or ""), (
+            f"{key}: last_error does not say it may have been delivered: {delivery['last_error']!r}")
+        assert uncertain_attempts(stack, delivery["id"]) == 2, delivery
+        alerts = alerts_for(events, delivery["id"])
+        assert len(alerts) == 1, f"{key}: {len(alerts)} system.alert events, one expected: {events}"
+        assert alerts[0]["channel"] == "role:admin" and alerts[0]["data"]["kind"] == "email_failed", alerts
+
+
+def test_worker_killed_after_the_server_took_the_message_resends_once(stack: Stack) -> None:
+    """The very first message is taken and its reply held; the worker is SIGKILLed meanwhile, so no
+    outcome is ever recorded. The claim expires (CLAIM_SECONDS), the sweep re-enqueues it, a new
+    worker sends it again — answered at once — and records `sent`. That expired claim is an
+    uncertain attempt: had it not been counted, a second uncertain attempt would be followed by a
+    third transmission (test_slow_smtp_reply_is_resent_at_most_once shows the other half)."""
+    held = threading.Event()
+
+    def stall(attempt: int) -> float:
+        if held.is_set():
+            return 0.0
+        held.set()
+        return 3.0  # past SEND_TIMEOUT: only the kill can end the first conversation early
+
+    handler = SinkHandler(stall=stall)
+    settings = email_settings(stack, handler)
+    story = open_shop(stack, settings)
+    stack.start("scheduler", settings, "scheduler.log")
+    worker = stack.start("worker", settings, "worker.log")
+    booking = book(story.customer, story.resource["id"], 30)
+    assert handler.stalling.wait(timeout=20), f"no message reached the sink\n{stack.logs()}"
+    sigkill_tree(worker)
+    first = handler.snapshot()[0]
+    eventually(lambda: first.outcome == "abandoned", 5, "the sink seeing the killed client go", stack)
+    assert first.ended - first.at < 1.5, f"the client left on its own timeout, not because it was killed: {first}"
+    stack.start("worker", settings, "worker-2.log")
+
+    statuses = {"booking.created.customer": "sent", "booking.created.owner": "sent"}
+    eventually(settled_as(story.admin, booking["id"], statuses), 40, "both sent after the kill", stack)
+    time.sleep(QUIET_SECONDS)
+    items = settled_as(story.admin, booking["id"], statuses)()
+    assert items is not None, f"a sent delivery changed again: {deliveries(story.admin, booking['id'])}"
+    copies = copies_by_message_id(handler, items)
+    killed = next(key for key, d in items.items() if d["message_id"] == first.message_id)
+    resent = copies[killed]
+    assert [t.outcome for t in resent] == ["abandoned", "250 OK"], f"{killed}: {resent}"
+    assert resent[1].at - resent[0].at > CLAIM_SECONDS - 1, (
+        f"{killed}: resent {resent[1].at - resent[0].at:.1f} s later, while the first claim was still live")
+    assert items[killed]["attempts"] == 2, items[killed]
+    assert uncertain_attempts(stack, items[killed]["id"]) == 1, "the expired claim was not counted as uncertain"
+    for key in set(items) - {killed}:
+        assert [t.outcome for t in copies[key]] == ["250 OK"], f"{key}: {copies[key]}"
+        assert items[key]["attempts"] == 1 and uncertain_attempts(stack, items[key]["id"]) == 0, items[key]
+
+
+def test_refused_then_accepted_sends_once(stack: Stack) -> None:
+    """451 to the end of DATA — after the message was transmitted, but the server said it did not
+    take it — twice, then 250. Two refusals, not one: were a refusal counted as an uncertain
+    attempt, the second would end the delivery `failed` instead of retrying it."""
+    refusals = 2
+    handler = SinkHandler(reply=lambda attempt: "451 try later" if attempt <= refusals else "250 OK")
+    settings = email_settings(stack, handler)
+    story = open_shop(stack, settings)
+    cursor = admin_cursor(story.admin)
+    stack.start("scheduler", settings, "scheduler.log")
+    stack.start("worker", settings, "worker.log")
+    booking = book(story.customer, story.resource["id"], 30)
+
+    statuses = {"booking.created.customer": "sent", "booking.created.owner": "sent"}
+    eventually(settled_as(story.admin, booking["id"], statuses), 30, "both sent after the refusals", stack)
+    time.sleep(QUIET_SECONDS)
+    items = settled_as(story.admin, booking["id"], statuses)()
+    assert items is not None, f"a sent delivery changed again: {deliveries(story.admin, booking['id'])}"
+    copies = copies_by_message_id(handler, items)
+    for key, delivery in items.items():
+        outcomes = [t.outcome for t in copies[key]]
+        assert outcomes == ["451 try later"] * refusals + ["250 OK"], f"{key}: {outcomes}"
+        assert delivery["attempts"] == refusals + 1 and delivery["last_error"] is None, delivery
+        assert uncertain_attempts(stack, delivery["id"]) == 0, f"{key}: a refusal counted as uncertain"
+    assert Counter(t.accepted for t in handler.snapshot())[True] == len(items), "one accepted copy per email"
+    events = admin_events_since(story.admin, cursor)
+    assert not [e for e in events if e["type"] == "system.alert"], events
