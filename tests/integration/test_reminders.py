@@ -59,6 +59,7 @@ from conftest import (
 from redis import Redis
 from rq import Queue
 from rq.job import Job
+from events import outbox_settled
 from sse import SSEEvent, SSEStream, open_stream
 
 from app.bookings.reminders import REMINDER_BATCH
@@ -862,6 +863,7 @@ def test_cleanup_trims_history_and_deletes_old_fired_reminders_and_read_notifica
         resource = make_resource(owner, name="Desk", requires_confirmation=False)
         booking = book(customer, resource["id"], seconds_ahead(3600))
         assert booking["status"] == "confirmed"
+        outbox_settled(customer.http)  # the booking's events go out a moment after its answer
         old_events = ok(customer.http.get("/v1/events/poll", params={"cursor": "0-0", "timeout": "0"}))["events"]
         assert old_events, "the booking published events to the customer"
         old_id = next(e["id"] for e in old_events if e["channel"] == f"user:{customer.id}")
