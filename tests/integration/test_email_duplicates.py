@@ -85,6 +85,12 @@ def copies_by_message_id(handler: SinkHandler, items: dict[str, dict[str, Any]])
     return found
 
 
+def show(transfers: list[Transfer]) -> list[str]:
+    """Transfers as failure messages want them: Message-ID, outcome, seconds after the first."""
+    start = transfers[0].at if transfers else 0.0
+    return [f"{t.message_id} {t.outcome} +{t.at - start:.1f}s" for t in transfers]
+
+
 def uncertain_attempts(stack: Stack, delivery_id: str) -> int:
     """`email_deliveries.uncertain_attempts` (internal: the admin view does not show it), read-only."""
     path = stack.database_url.removeprefix("sqlite:///")
@@ -148,8 +154,8 @@ def test_slow_smtp_reply_is_resent_at_most_once(stack: Stack) -> None:
     events = admin_events_since(story.admin, cursor)
     for key, delivery in items.items():
         sent = copies[key]
-        assert len(sent) == 2, f"{key}: transmitted {len(sent)} times, at most one resend allowed: {sent}"
-        assert not [t for t in sent if t.accepted], f"{key}: the sink answered before the client gave up: {sent}"
+        assert len(sent) == 2, f"{key}: transmitted {len(sent)} times, at most one resend allowed: {show(sent)}"
+        assert not [t for t in sent if t.accepted], f"{key}: the sink answered before the client gave up: {show(sent)}"
         assert delivery["attempts"] == 2, delivery
         assert MAY_HAVE_BEEN_DELIVERED.search(delivery["last_error"] or ""), (
             f"{key}: last_error does not say it may have been delivered: {delivery['last_error']!r}")
@@ -183,7 +189,7 @@ def test_worker_killed_after_the_server_took_the_message_resends_once(stack: Sta
     sigkill_tree(worker)
     first = handler.snapshot()[0]
     eventually(lambda: first.outcome == "abandoned", 5, "the sink seeing the killed client go", stack)
-    assert first.ended - first.at < 1.5, f"the client left on its own timeout, not because it was killed: {first}"
+    assert first.ended - first.at < 1.5, f"the client left on its own, not because it was killed: {show([first])}"
     stack.start("worker", settings, "worker-2.log")
 
     statuses = {"booking.created.customer": "sent", "booking.created.owner": "sent"}
@@ -194,13 +200,13 @@ def test_worker_killed_after_the_server_took_the_message_resends_once(stack: Sta
     copies = copies_by_message_id(handler, items)
     killed = next(key for key, d in items.items() if d["message_id"] == first.message_id)
     resent = copies[killed]
-    assert [t.outcome for t in resent] == ["abandoned", "250 OK"], f"{killed}: {resent}"
+    assert [t.outcome for t in resent] == ["abandoned", "250 OK"], f"{killed}: {show(resent)}"
     assert resent[1].at - resent[0].at > CLAIM_SECONDS - 1, (
         f"{killed}: resent {resent[1].at - resent[0].at:.1f} s later, while the first claim was still live")
     assert items[killed]["attempts"] == 2, items[killed]
     assert uncertain_attempts(stack, items[killed]["id"]) == 1, "the expired claim was not counted as uncertain"
     for key in set(items) - {killed}:
-        assert [t.outcome for t in copies[key]] == ["250 OK"], f"{key}: {copies[key]}"
+        assert [t.outcome for t in copies[key]] == ["250 OK"], f"{key}: {show(copies[key])}"
         assert items[key]["attempts"] == 1 and uncertain_attempts(stack, items[key]["id"]) == 0, items[key]
 
 
