@@ -7,8 +7,10 @@ strictly) is `Undeliverable` at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import smtplib
+import socket
 import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -40,6 +42,13 @@ class _SMTP(smtplib.SMTP):
     def data(self, msg: Any) -> Any:
         self.transmitting = True
         return super().data(msg)
+
+
+@functools.cache
+def _local_hostname() -> str:
+    """The name this host gives in EHLO, looked up once: smtplib asks `socket.getfqdn()` on every
+    connection, a reverse DNS lookup that can take longer than sending the message."""
+    return socket.getfqdn()
 
 
 def check_recipient(to_address: str) -> None:
@@ -82,7 +91,8 @@ def deliver(settings: Settings, message: EmailMessage, delivery_id: str, to_addr
         temporary.replace(path)  # atomic: a reader never sees half a message, a retry overwrites
         log.info("simulation mode: email %s to %s written to %s", message["Message-ID"], message["To"], path)
         return
-    with _SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.email_send_timeout) as smtp:
+    with _SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.email_send_timeout,
+               local_hostname=_local_hostname()) as smtp:
         if settings.smtp_starttls:
             smtp.starttls(context=ssl.create_default_context())
         if settings.smtp_username:

@@ -6,7 +6,9 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, at, bookwire, bookwire_env, wait_for_http
@@ -76,6 +78,7 @@ def test_up_starts_everything_and_a_restart_keeps_state(tmp_path: Path) -> None:
         first = httpx.post(f"{base}/v1/bookings", json=body, headers=headers)
         assert first.status_code == 201
         assert admin.get("/v1/users").status_code == 200
+        created = _created_event(base, customer["access_token"], first.json()["id"])
         assert (data_dir / "bookwire.sqlite3").exists()
         redis_port = _redis_port(data_dir)
     finally:
@@ -85,7 +88,9 @@ def test_up_starts_everything_and_a_restart_keeps_state(tmp_path: Path) -> None:
 
     process = _start(data_dir, port)
     try:
-        # The idempotency record lives only in Redis: getting it back proves the AOF kept it.
+        # Event history lives only in Redis: getting the event back proves the AOF kept it.
+        assert _created_event(base, customer["access_token"], first.json()["id"]) == created
+        # The idempotency record is kept with the booking, in the database.
         again = httpx.post(f"{base}/v1/bookings", json=body, headers=headers)
         assert again.status_code == 201 and again.json() == first.json()
         # Tokens minted before the restart still verify: the secret is shared through DATA_DIR.
@@ -94,3 +99,17 @@ def test_up_starts_everything_and_a_restart_keeps_state(tmp_path: Path) -> None:
     finally:
         _stop(process)
     assert list((data_dir / "redis").glob("appendonly*"))
+
+
+def _created_event(base: str, token: str, booking_id: str) -> dict[str, Any]:
+    """The `booking.created` event of a booking in the customer's history (waiting for the outbox)."""
+    deadline = time.monotonic() + 10
+    while True:
+        answer = httpx.get(f"{base}/v1/events/poll", params={"cursor": "0-0", "timeout": 0},
+                           headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
+        for event in answer.json()["events"]:
+            if event["type"] == "booking.created" and event["data"]["id"] == booking_id:
+                return dict(event)
+        assert time.monotonic() < deadline, f"no booking.created for {booking_id}: {answer.text}"
+        time.sleep(0.1)
