@@ -62,9 +62,18 @@ async def send_delivery(effects: Effects, delivery_id: str) -> None:
         await _failed_attempt(effects, row, exc)
         return
     now = datetime.now(UTC)
-    await EmailDelivery.update({"status": "sent", "sent_at": now, "updated_at": now, "last_error": None,
-                                "claimed_until": None}).where(EmailDelivery.id == row["id"])
+    recorded = await EmailDelivery.update({"status": "sent", "sent_at": now, "updated_at": now, "last_error": None,
+                                           "claimed_until": None}).where(_still_ours(row)).returning(EmailDelivery.id)
+    if not recorded:  # cannot happen while an attempt stays within its claim (deliver() bounds it)
+        log.error("email %s was sent after its claim expired; another attempt may send it too", row["id"])
     count_worker_event(effects.jobs.connection, "emails_sent")
+
+
+def _still_ours(row: dict[str, Any]) -> Any:
+    """The condition of a delivery still claimed by the attempt that read `row`: its outcome is
+    written only then, never over a later attempt's."""
+    return ((EmailDelivery.id == row["id"]) & (EmailDelivery.status == "sending")
+            & (EmailDelivery.attempts == row["attempts"]))
 
 
 async def _claim(delivery_id: uuid.UUID, send_timeout: int) -> dict[str, Any] | None:
@@ -90,16 +99,22 @@ async def _failed_attempt(effects: Effects, row: dict[str, Any], exc: Exception)
     error = f"{type(exc).__name__}: {exc}"[:2000]
     now = datetime.now(UTC)
     # No retry can fix a broken template or a recipient that cannot or must not be mailed.
-    uncertain = row["uncertain_attempts"] + isinstance(exc, MaybeDelivered)
+    maybe_delivered = isinstance(exc, MaybeDelivered)
+    uncertain = row["uncertain_attempts"] + maybe_delivered
     give_up = (attempt > len(intervals) or uncertain >= MAX_UNCERTAIN_ATTEMPTS
                or isinstance(exc, TemplateProblem | Undeliverable))
+    if uncertain >= MAX_UNCERTAIN_ATTEMPTS and not isinstance(exc, MaybeSentTwice):
+        error = f"{error}; not sent again: {uncertain} attempts may each have delivered it"[:2000]
     quiet = isinstance(exc, RecipientDeactivated)  # by design: nothing for an admin to do
     async with effects.change() as change:  # the outcome and what it sets in motion, together
-        await EmailDelivery.update({
-            "status": "failed" if give_up else "queued", "last_error": error, "updated_at": now,
-            "claimed_until": None,
-            "uncertain_attempts": uncertain,
-        }).where(EmailDelivery.id == row["id"])
+        recorded = await EmailDelivery.update({
+            EmailDelivery.status: "failed" if give_up else "queued", EmailDelivery.last_error: error,
+            EmailDelivery.updated_at: now, EmailDelivery.claimed_until: None,
+            EmailDelivery.uncertain_attempts: EmailDelivery.uncertain_attempts + int(maybe_delivered),
+        }).where(_still_ours(row)).returning(EmailDelivery.id)
+        if not recorded:  # a later attempt owns it now: its outcome counts, not this one's
+            log.error("email %s attempt %d ended after its claim expired: %s", row["id"], attempt, error)
+            return
         if give_up and not quiet:
             change.publish("system.alert", [role_channel("admin")], {
                 "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],

@@ -7,11 +7,13 @@ strictly) is `Undeliverable` at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import smtplib
 import socket
 import ssl
+import threading
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -35,13 +37,28 @@ class MaybeDelivered(RuntimeError):
 
 
 class _SMTP(smtplib.SMTP):
-    """Knows whether the message itself was being transmitted when something failed."""
+    """Knows whether the message itself was being transmitted when something failed, and can be
+    cut off from another thread (`abort`) when the whole exchange runs past its deadline."""
 
     transmitting = False
+    aborted = False
 
     def data(self, msg: Any) -> Any:
         self.transmitting = True
         return super().data(msg)
+
+    def send(self, s: Any) -> None:
+        if self.aborted:
+            raise smtplib.SMTPServerDisconnected("the SMTP exchange ran past EMAIL_SEND_TIMEOUT")
+        super().send(s)
+
+    def abort(self) -> None:
+        """Called by the deadline's timer: wakes a blocked read or write with an error."""
+        self.aborted = True
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 @functools.cache
@@ -91,19 +108,36 @@ def deliver(settings: Settings, message: EmailMessage, delivery_id: str, to_addr
         temporary.replace(path)  # atomic: a reader never sees half a message, a retry overwrites
         log.info("simulation mode: email %s to %s written to %s", message["Message-ID"], message["To"], path)
         return
-    with _SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.email_send_timeout,
-               local_hostname=_local_hostname()) as smtp:
-        if settings.smtp_starttls:
-            smtp.starttls(context=ssl.create_default_context())
-        if settings.smtp_username:
-            smtp.login(settings.smtp_username, settings.smtp_password or "")
-        try:
-            smtp.send_message(message, from_addr=parseaddr(settings.smtp_from)[1] or settings.smtp_from,
-                              to_addrs=[to_address])
-        except smtplib.SMTPResponseException:
-            raise  # the server answered: it did not take the message
-        except Exception as exc:
-            if smtp.transmitting:
-                raise MaybeDelivered(f"{type(exc).__name__}: {exc} (after the message was sent)") from exc
-            raise
+    # smtplib's timeout bounds each read and write, not the exchange: a server answering every step
+    # just in time could keep one attempt going past its claim, and a second worker would send the
+    # message again meanwhile. The whole exchange gets EMAIL_SEND_TIMEOUT (the claim lasts 5 s more).
+    smtp = _SMTP(timeout=settings.email_send_timeout, local_hostname=_local_hostname())
+    deadline = threading.Timer(settings.email_send_timeout, smtp.abort)
+    deadline.daemon = True
+    deadline.start()
+    try:
+        _exchange(smtp, settings, message, to_address)
+    finally:
+        deadline.cancel()
+        smtp.close()
     log.info("email %s sent to %s through %s", message["Message-ID"], message["To"], settings.smtp_host)
+
+
+def _exchange(smtp: _SMTP, settings: Settings, message: EmailMessage, to_address: str) -> None:
+    assert settings.smtp_host is not None
+    smtp.connect(settings.smtp_host, settings.smtp_port)
+    if settings.smtp_starttls:
+        smtp.starttls(context=ssl.create_default_context())
+    if settings.smtp_username:
+        smtp.login(settings.smtp_username, settings.smtp_password or "")
+    try:
+        smtp.send_message(message, from_addr=parseaddr(settings.smtp_from)[1] or settings.smtp_from,
+                          to_addrs=[to_address])
+    except smtplib.SMTPResponseException:
+        raise  # the server answered: it did not take the message
+    except Exception as exc:
+        if smtp.transmitting:
+            raise MaybeDelivered(f"{type(exc).__name__}: {exc} (after the message was sent)") from exc
+        raise
+    with contextlib.suppress(Exception):  # the message is accepted: a failed goodbye changes nothing
+        smtp.quit()

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, at, bookwire, bookwire_env, running_api, wait_for_http
+from events import outbox_settled
 
 from app.embedded_redis import EmbeddedRedis, free_port
 
@@ -178,6 +179,7 @@ def _scenario(api_a: ApiOnPort, url_b: str, tmp_path: Path) -> None:
                                     json={"resource_id": resource_id, "starts_at": at(24), "ends_at": at(25)})
                 assert answer.status_code == 201, answer.text
                 booking_id = answer.json()["id"]
+                outbox_settled(via_b)  # its events go out a moment after the answer
                 before = expected()
                 assert [t for _, t in before] == ["booking.created"], before
                 page_events = wait_until_shown(page, len(before))
@@ -190,6 +192,7 @@ def _scenario(api_a: ApiOnPort, url_b: str, tmp_path: Path) -> None:
                 expect(page.locator("#state")).to_have_text("reconnecting", timeout=WAIT_MS)
                 answer = via_b.post(f"/v1/bookings/{booking_id}/confirm", headers=auth(owner))
                 assert answer.status_code == 200, answer.text
+                outbox_settled(via_b)  # the confirmation's events first, then the announcements
                 missed = [announce(via_b, admin, "While you were away 1"),
                           announce(via_b, admin, "While you were away 2")]
                 api_a.start()  # same port, same database and Redis

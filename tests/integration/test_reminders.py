@@ -56,10 +56,10 @@ from conftest import (
     sign_in_admin,
     wait_for_http,
 )
+from events import outbox_settled
 from redis import Redis
 from rq import Queue
 from rq.job import Job
-from events import outbox_settled
 from sse import SSEEvent, SSEStream, open_stream
 
 from app.bookings.reminders import REMINDER_BATCH
