@@ -19,6 +19,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq_scheduler import Scheduler
+from rq_scheduler.utils import to_unix
 
 # The job entry points of `workers/jobs.py`, by name (tests/unit/test_layering.py checks each exists).
 SEND_EMAIL = "workers.jobs.send_email"
@@ -105,3 +106,48 @@ class JobQueue:
             Job.fetch(job_id, connection=self.connection).delete()
         except NoSuchJobError:
             pass
+
+
+class JobBatch:
+    """Enqueue, schedule and cancel many jobs in one Redis round trip (`send`), in the order given.
+
+    Scheduling writes what rq-scheduler's `enqueue_at` writes — the job hash (made by its
+    `_create_job`) and the job's entry in its sorted set — into one pipeline instead of two round
+    trips per job; rq-scheduler is pinned to 0.14 for this, and tests/unit/test_job_batch.py checks
+    that the scheduler moves such a job to its queue. A shared job (one per whole second) is
+    written unconditionally, its entry only if absent (`ZADD NX`): writing it again changes nothing."""
+
+    def __init__(self, jobs: JobQueue) -> None:
+        self._jobs = jobs
+        self._pipe = jobs.connection.pipeline(transaction=False)
+        self._queues: dict[str, Queue] = {}
+        self.size = 0
+
+    def enqueue(self, job: str, *args: Any, job_id: str, queue: str = DEFAULT_QUEUE) -> None:
+        if queue not in self._queues:
+            self._queues[queue] = Queue(queue, connection=self._jobs.connection)
+        self._queues[queue].enqueue_many([Queue.prepare_data(
+            job, args, job_id=job_id, timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600)], pipeline=self._pipe)
+        self.size += 1
+
+    def schedule(self, when: datetime, job: str, *args: Any, job_id: str, queue: str = DEFAULT_QUEUE,
+                 only_if_new: bool = False) -> None:
+        scheduler = self._jobs.scheduler
+        created = scheduler._create_job(job, args=args, id=job_id, timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600,
+                                        queue_name=queue, commit=False)
+        created.save(pipeline=self._pipe)
+        self._pipe.zadd(scheduler.scheduled_jobs_key, {job_id: to_unix(_whole_second(when))}, nx=only_if_new)
+        self.size += 1
+
+    def schedule_shared(self, whens: Iterable[datetime], job: str, *, prefix: str) -> None:
+        for when in sorted({_whole_second(w) for w in whens}):
+            self.schedule(when, job, job_id=f"{prefix}-{int(when.timestamp())}", only_if_new=True)
+
+    def cancel(self, job_id: str) -> None:
+        self._pipe.zrem(self._jobs.scheduler.scheduled_jobs_key, job_id)
+        self._pipe.delete(Job.key_for(job_id))
+        self.size += 1
+
+    def send(self) -> None:
+        if self.size:
+            self._pipe.execute()

@@ -21,7 +21,7 @@ from typing import Any
 
 from app.db.tables import OutboxEntry
 from app.db.transactions import write_transaction
-from app.job_queue import JobQueue
+from app.job_queue import JobBatch, JobQueue
 from app.outbox.entries import CancelJobEntry, ControlEntry, EventEntry, JobEntry, decode
 from app.realtime.bus import EventBus, Publication
 
@@ -101,25 +101,25 @@ class Relay:
                 publications.append(entry.message)
             else:
                 jobs.append(entry)
-        if publications:
-            await self.bus.publish_all(publications)
-        if jobs:
-            await asyncio.to_thread(_run_jobs, self.jobs, jobs)
+        # Two round trips at once: the events on the bus's connection, the jobs on RQ's (synchronous).
+        await asyncio.gather(
+            self.bus.publish_all(publications) if publications else asyncio.sleep(0),
+            asyncio.to_thread(_send_jobs, self.jobs, jobs) if jobs else asyncio.sleep(0),
+        )
 
 
-def _run_jobs(queue: JobQueue, entries: list[JobEntry | CancelJobEntry]) -> None:
-    """Hand the jobs to RQ / rq-scheduler (synchronous Redis: called in a thread)."""
-    now: dict[tuple[str, str], list[tuple[tuple[Any, ...], str]]] = {}
+def _send_jobs(queue: JobQueue, entries: list[JobEntry | CancelJobEntry]) -> None:
+    """Hand the jobs to RQ / rq-scheduler in one round trip (synchronous Redis: called in a thread)."""
+    batch = JobBatch(queue)
     for entry in entries:
         if isinstance(entry, CancelJobEntry):
-            queue.cancel(entry.job_id)
+            batch.cancel(entry.job_id)
         elif entry.shared_prefix:
-            queue.schedule_shared([datetime.fromisoformat(at) for at in entry.at], entry.job,
+            batch.schedule_shared([datetime.fromisoformat(at) for at in entry.at], entry.job,
                                   prefix=entry.shared_prefix)
         elif entry.at:
-            queue.schedule(datetime.fromisoformat(entry.at[0]), entry.job, *entry.args, job_id=entry.job_id,
+            batch.schedule(datetime.fromisoformat(entry.at[0]), entry.job, *entry.args, job_id=entry.job_id,
                            queue=entry.queue)
         else:
-            now.setdefault((entry.job, entry.queue), []).append((tuple(entry.args), entry.job_id))
-    for (job, queue_name), calls in now.items():
-        queue.enqueue_many(job, calls, queue=queue_name)
+            batch.enqueue(entry.job, *entry.args, job_id=entry.job_id, queue=entry.queue)
+    batch.send()
