@@ -39,6 +39,7 @@ async def sweep(effects: Effects) -> None:
     """Carry out outbox rows nobody carried out; re-enqueue what is due but has no job any more.
     Every job it touches is idempotent."""
     await effects.relay.drain()
+    await effects.relay.settle()
     jobs = effects.jobs
     now = datetime.now(UTC)
     late = now - timedelta(seconds=3)

@@ -76,6 +76,7 @@ async def _then_relay(effects: Effects, work: Coroutine[Any, Any, R]) -> R:
         if effects.relay.woken:
             try:
                 await effects.relay.drain()
+                await effects.relay.settle()
             except Exception as exc:  # the rows stay; another relay carries them out
                 logging.getLogger(__name__).warning("outbox relay after job: %s", exc)
 

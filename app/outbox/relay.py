@@ -45,6 +45,8 @@ class Relay:
         self.jobs = jobs
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._carried_out: set[int] = set()  # row ids gone out and not yet deleted
+        self._deleter: asyncio.Task[None] | None = None
         self.relayed = 0
         self.woken = False  # set by `wake`, for processes that drain after their own work (workers)
 
@@ -72,22 +74,43 @@ class Relay:
                 self._wake.set()
 
     async def drain(self) -> int:
-        """Carry out every row there is now, oldest first; how many went out."""
+        """Carry out every row there is now, oldest first; how many went out.
+
+        Rows are deleted by a task of their own (`_delete_carried_out`), so the next batch does not
+        wait for a write — on SQLite, a write queues behind every request's transaction. Until then
+        their ids are remembered here and skipped."""
         self.woken = False
         async with self._lock:
             total = 0
             while True:
                 rows = await OutboxEntry.select(OutboxEntry.id, OutboxEntry.key, OutboxEntry.payload).order_by(
-                    OutboxEntry.id).limit(BATCH)
-                if not rows:
-                    return total
-                await self._carry_out(rows)
-                async with write_transaction():
-                    await OutboxEntry.delete().where(OutboxEntry.id.is_in([row["id"] for row in rows]))
-                total += len(rows)
-                self.relayed += len(rows)
+                    OutboxEntry.id).limit(BATCH + len(self._carried_out))
+                rows = [row for row in rows if row["id"] not in self._carried_out][:BATCH]
+                if rows:
+                    await self._carry_out(rows)
+                    self._carried_out.update(row["id"] for row in rows)
+                    total += len(rows)
+                    self.relayed += len(rows)
+                if self._carried_out and (self._deleter is None or self._deleter.done()):
+                    self._deleter = asyncio.create_task(self._delete_carried_out(), name="outbox-delete")
                 if len(rows) < BATCH:
                     return total
+
+    async def settle(self) -> None:
+        """Wait until what went out is deleted too (a worker, whose loop stops between jobs)."""
+        while self._deleter is not None and not self._deleter.done():
+            await asyncio.shield(self._deleter)
+
+    async def _delete_carried_out(self) -> None:
+        while self._carried_out:
+            ids = list(self._carried_out)
+            try:
+                async with write_transaction():
+                    await OutboxEntry.delete().where(OutboxEntry.id.is_in(ids))
+            except Exception as exc:  # the database is away: the next drain tries again
+                log.warning("outbox relay could not delete %d rows: %s", len(ids), exc)
+                return
+            self._carried_out.difference_update(ids)
 
     async def _carry_out(self, rows: list[dict[str, Any]]) -> None:
         publications: list[Publication | dict[str, str]] = []
