@@ -30,8 +30,9 @@ class Effects:
         return recorded_change(self.relay)
 
 
-def make_effects(bus: EventBus, jobs: JobQueue, settings: Settings) -> Effects:
-    return Effects(bus, jobs, settings, Relay(bus, jobs))
+def make_effects(bus: EventBus, jobs: JobQueue, settings: Settings, relay_node: str | None = None) -> Effects:
+    """The effects of one process; its relay reads on the database node `relay_node`."""
+    return Effects(bus, jobs, settings, Relay(bus, jobs, relay_node))
 
 
 async def provide_effects(request: Request[Any, Any, Any]) -> Effects:

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.accounts.services import ensure_admin
-from app.db.engine import close_engine, open_engine
+from app.db.engine import close_engine, open_engine, relay_node
 from app.effects import make_effects
 from app.errors import AppError
 from app.job_queue import JobQueue
@@ -81,7 +81,7 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
         bus = EventBus(redis, settings.stream_retention)
         presence = Presence(redis, hub)
         jobs = JobQueue(SyncRedis.from_url(settings.redis_url, socket_connect_timeout=2))
-        effects = make_effects(bus, jobs, settings)
+        effects = make_effects(bus, jobs, settings, relay_node(engine))
         app.state.update(redis=redis, hub=hub, bus=bus, presence=presence, effects=effects)
         ready = asyncio.Event()
         tasks = [

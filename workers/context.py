@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from redis import Redis
 
-from app.db.engine import bind_engine, engine_from_url, open_engine
+from app.db.engine import bind_engine, engine_from_url, open_engine, relay_node
 from app.effects import Effects, make_effects
 from app.job_queue import JobQueue
 from app.lifespan import redis_client
@@ -58,7 +58,7 @@ def start(settings: Settings, connection: Redis) -> WorkerContext:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(open_engine(engine))
     bus = EventBus(redis_client(settings.redis_url), settings.stream_retention)
-    _context = WorkerContext(make_effects(bus, JobQueue(connection), settings), loop)
+    _context = WorkerContext(make_effects(bus, JobQueue(connection), settings, relay_node(engine)), loop)
     return _context
 
 

@@ -22,6 +22,7 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 
 IDLE_SQLITE_CONNECTIONS = 8
+RELAY_NODE = "relay"
 
 
 class LocalSQLiteEngine(SQLiteEngine):
@@ -136,7 +137,9 @@ def engine_from_url(url: str) -> Engine:
         path.parent.mkdir(parents=True, exist_ok=True)
         return LocalSQLiteEngine(path=str(path), timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
     if parsed.scheme in {"postgres", "postgresql"}:
-        return PostgresEngine(config={"dsn": url})
+        # The outbox relay reads on a small pool of its own: under load the main pool is all taken by
+        # requests, and a relay queueing behind them delayed every event by hundreds of milliseconds.
+        return PostgresEngine(config={"dsn": url}, extra_nodes={RELAY_NODE: PostgresEngine(config={"dsn": url})})
     raise ValueError(f"DATABASE_URL={url!r}: use sqlite:///path or postgresql://user@host/db")
 
 
@@ -148,10 +151,17 @@ def bind_engine(engine: Engine) -> None:
         table._meta._db = engine
 
 
+def relay_node(engine: Engine) -> str | None:
+    """The node the outbox relay runs its reads on (`query.run(node=...)`), None for the main one."""
+    return RELAY_NODE if RELAY_NODE in getattr(engine, "extra_nodes", {}) else None
+
+
 async def open_engine(engine: Engine) -> None:
-    """Start the connection pool (PostgreSQL) or switch on WAL (SQLite)."""
+    """Start the connection pools (PostgreSQL) or switch on WAL (SQLite)."""
     if isinstance(engine, PostgresEngine):
         await engine.start_connection_pool(min_size=2, max_size=20)
+        for node in engine.extra_nodes.values():
+            await node.start_connection_pool(min_size=1, max_size=2)
     elif isinstance(engine, SQLiteEngine):
         # WAL lets readers proceed while one writer holds the lock; it is a property of the file.
         await engine.run_ddl("PRAGMA journal_mode=WAL")
@@ -161,5 +171,7 @@ async def close_engine(engine: Engine) -> None:
     """Close the connection pool, if there is one."""
     if isinstance(engine, PostgresEngine):
         await engine.close_connection_pool()
+        for node in engine.extra_nodes.values():
+            await node.close_connection_pool()
     elif isinstance(engine, LocalSQLiteEngine):
         await engine.close_idle()

@@ -27,8 +27,14 @@ from app.outbox.entries import KINDS, CancelJobEntry, ControlEntry, Entry, Event
 from app.realtime.events import now_rfc3339
 
 
-class Waker(Protocol):
+class Relay(Protocol):
+    """What a change needs of its process's relay (app/outbox/relay.py)."""
+
     def wake(self) -> None: ...
+
+    def take_deletions(self) -> list[int]: ...
+
+    def deleted(self, ids: list[int], committed: bool) -> None: ...
 
 
 def _time(when: datetime) -> str:
@@ -77,11 +83,24 @@ class Change:
 
 
 @asynccontextmanager
-async def recorded_change(relay: Waker | None) -> AsyncIterator[Change]:
-    """A write transaction whose side effects are recorded with it; wakes `relay` after the commit."""
+async def recorded_change(relay: Relay | None) -> AsyncIterator[Change]:
+    """A write transaction whose side effects are recorded with it; wakes `relay` after the commit.
+
+    It also deletes the outbox rows `relay` has carried out since the last change: the relay never
+    waits for a write of its own while changes are being made."""
     change = Change()
-    async with write_transaction():
-        yield change
-        await change.write()
+    done: list[int] = []
+    committed = False
+    try:
+        async with write_transaction():
+            yield change
+            await change.write()
+            done = relay.take_deletions() if relay is not None else []
+            if done:
+                await OutboxEntry.delete().where(OutboxEntry.id.is_in(done))
+        committed = True
+    finally:
+        if done and relay is not None:
+            relay.deleted(done, committed)
     if change.entries and relay is not None:
         relay.wake()

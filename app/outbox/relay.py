@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 POLL_SECONDS = 1.0
-RETRY_SECONDS = (0.1, 0.2, 0.5)  # after a failure (Redis down): back within 2 s of Redis returning
+RETRY_SECONDS = (0.1, 0.2, 0.5)
+DELETE_DELAY_SECONDS = 0.05  # after a failure (Redis down): back within 2 s of Redis returning
 
 
 def dedup_key(row_key: object) -> str:
@@ -40,12 +41,14 @@ def dedup_key(row_key: object) -> str:
 class Relay:
     """Carries out this process's outbox rows as soon as they are committed, and anyone's left behind."""
 
-    def __init__(self, bus: EventBus, jobs: JobQueue) -> None:
+    def __init__(self, bus: EventBus, jobs: JobQueue, node: str | None = None) -> None:
         self.bus = bus
         self.jobs = jobs
+        self.node = node  # the database node the relay reads on (PostgreSQL: its own small pool)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._carried_out: set[int] = set()  # row ids gone out and not yet deleted
+        self._to_delete: set[int] = set()  # rows gone out, not yet deleted
+        self._deleting: set[int] = set()  # rows gone out that a transaction is deleting right now
         self._deleter: asyncio.Task[None] | None = None
         self.relayed = 0
         self.woken = False  # set by `wake`, for processes that drain after their own work (workers)
@@ -54,6 +57,20 @@ class Relay:
         """Something was committed: carry it out now."""
         self.woken = True
         self._wake.set()
+
+    def take_deletions(self) -> list[int]:
+        """Rows gone out, for the caller's transaction to delete (each handed to one transaction only,
+        so concurrent transactions never wait for each other's outbox rows); report with `deleted`."""
+        ids = list(self._to_delete)
+        self._to_delete.clear()
+        self._deleting.update(ids)
+        return ids
+
+    def deleted(self, ids: list[int], committed: bool) -> None:
+        """The transaction that took `ids` ended; if it rolled back, they are still to delete."""
+        self._deleting.difference_update(ids)
+        if not committed:
+            self._to_delete.update(ids)
 
     async def run(self, poll_seconds: float = POLL_SECONDS) -> None:
         """Drain whenever woken, and every `poll_seconds` anyway; forever."""
@@ -76,41 +93,48 @@ class Relay:
     async def drain(self) -> int:
         """Carry out every row there is now, oldest first; how many went out.
 
-        Rows are deleted by a task of their own (`_delete_carried_out`), so the next batch does not
-        wait for a write — on SQLite, a write queues behind every request's transaction. Until then
-        their ids are remembered here and skipped."""
+        Rows that went out are deleted by the next change committed in this process (in its own
+        transaction: `take_deletions`), or else by a task of their own a moment later — never by the
+        drain, whose next batch would wait for the write (on SQLite, behind every request's
+        transaction). Until they are deleted, their ids are remembered here and skipped."""
         self.woken = False
         async with self._lock:
             total = 0
             while True:
+                skip = self._to_delete | self._deleting
                 rows = await OutboxEntry.select(OutboxEntry.id, OutboxEntry.key, OutboxEntry.payload).order_by(
-                    OutboxEntry.id).limit(BATCH + len(self._carried_out))
-                rows = [row for row in rows if row["id"] not in self._carried_out][:BATCH]
+                    OutboxEntry.id).limit(BATCH + len(skip)).run(node=self.node)
+                rows = [row for row in rows if row["id"] not in skip][:BATCH]
                 if rows:
                     await self._carry_out(rows)
-                    self._carried_out.update(row["id"] for row in rows)
+                    self._to_delete.update(row["id"] for row in rows)
                     total += len(rows)
                     self.relayed += len(rows)
-                if self._carried_out and (self._deleter is None or self._deleter.done()):
-                    self._deleter = asyncio.create_task(self._delete_carried_out(), name="outbox-delete")
+                if self._to_delete and (self._deleter is None or self._deleter.done()):
+                    self._deleter = asyncio.create_task(self._delete_later(), name="outbox-delete")
                 if len(rows) < BATCH:
                     return total
 
     async def settle(self) -> None:
-        """Wait until what went out is deleted too (a worker, whose loop stops between jobs)."""
-        while self._deleter is not None and not self._deleter.done():
-            await asyncio.shield(self._deleter)
+        """Delete what went out now (a worker, whose loop stops between jobs, calls it after a job)."""
+        await self._delete(self.take_deletions())
 
-    async def _delete_carried_out(self) -> None:
-        while self._carried_out:
-            ids = list(self._carried_out)
-            try:
-                async with write_transaction():
-                    await OutboxEntry.delete().where(OutboxEntry.id.is_in(ids))
-            except Exception as exc:  # the database is away: the next drain tries again
-                log.warning("outbox relay could not delete %d rows: %s", len(ids), exc)
-                return
-            self._carried_out.difference_update(ids)
+    async def _delete_later(self) -> None:
+        await asyncio.sleep(DELETE_DELAY_SECONDS)  # under load, the next change deletes them for free
+        await self._delete(self.take_deletions())
+
+    async def _delete(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        committed = False
+        try:
+            async with write_transaction():
+                await OutboxEntry.delete().where(OutboxEntry.id.is_in(ids))
+            committed = True
+        except Exception as exc:  # the database is away: the next drain tries again
+            log.warning("outbox relay could not delete %d rows: %s", len(ids), exc)
+        finally:
+            self.deleted(ids, committed)
 
     async def _carry_out(self, rows: list[dict[str, Any]]) -> None:
         publications: list[Publication | dict[str, str]] = []
