@@ -28,6 +28,7 @@ import msgspec
 from litestar import Request
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.realtime.events import Event, now_rfc3339, parse_event_id
@@ -130,16 +131,27 @@ class EventBus:
 
     async def publish_all(self, items: list[Publication | dict[str, str]]) -> None:
         """Publish events (each under its dedup key) and control messages, in this order, in one round trip."""
+        try:
+            results = await self._publish_all(items)
+        except NoScriptError:
+            # Redis restarted and lost the script: load it and publish the batch again (the dedup
+            # keys make the events that did go out the first time go out once).
+            await self.redis.script_load(_PUBLISH_LUA)
+            results = await self._publish_all(items)
+        self.published += sum(1 for r in results if isinstance(r, list) and not r[1])
+
+    async def _publish_all(self, items: list[Publication | dict[str, str]]) -> list[Any]:
+        # EVALSHA directly: redis-py's Script in a pipeline first asks SCRIPT EXISTS, a round trip more.
         async with self.redis.pipeline(transaction=False) as pipe:
             for item in items:
                 if isinstance(item, Publication):
                     keys, args = self._script_call(item.type, item.channels, item.data, item.dedup_key,
                                                    item.occurred_at)
-                    await self._publish(keys=keys, args=args, client=pipe)
+                    pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
                 else:
                     pipe.publish(CONTROL_CHANNEL, msgspec.json.encode(item))
-            results = await pipe.execute()
-        self.published += sum(1 for r in results if isinstance(r, list) and not r[1])
+            results: list[Any] = await pipe.execute()
+        return results
 
     async def publish_control(self, message: dict[str, str]) -> None:
         """Tell every API process something about connections (e.g. a user was deactivated)."""
