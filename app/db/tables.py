@@ -159,9 +159,9 @@ class OutboxEntry(Table, tablename="outbox"):
     id = BigSerial(primary_key=True)
     """Gives the order: rows of one booking or resource are written under its row lock, so their ids
     follow its `version`."""
-    key = UUID()
-    """The bus's dedup key (`outbox:<key>`): publishing the row twice delivers it once. Not `id`,
-    which SQLite may hand out again once the table is empty."""
+    key = UUID(index=True)
+    """The bus's dedup key (`outbox:<key>`): publishing the row twice delivers it once; and how a
+    relay deletes a row. Never `id` for these: SQLite hands out an id again once the table is empty."""
     kind = Varchar(length=16)  # event, control, job
     payload = Text()
     created_at = Timestamptz(default=TimestamptzNow())

@@ -32,9 +32,9 @@ class Relay(Protocol):
 
     def wake(self) -> None: ...
 
-    def take_deletions(self) -> list[int]: ...
+    def take_deletions(self) -> list[uuid.UUID]: ...
 
-    def deleted(self, ids: list[int], committed: bool) -> None: ...
+    def deleted(self, keys: list[uuid.UUID], committed: bool) -> None: ...
 
 
 def _time(when: datetime) -> str:
@@ -89,7 +89,7 @@ async def recorded_change(relay: Relay | None) -> AsyncIterator[Change]:
     It also deletes the outbox rows `relay` has carried out since the last change: the relay never
     waits for a write of its own while changes are being made."""
     change = Change()
-    done: list[int] = []
+    done: list[uuid.UUID] = []
     committed = False
     try:
         async with write_transaction():
@@ -97,7 +97,7 @@ async def recorded_change(relay: Relay | None) -> AsyncIterator[Change]:
             await change.write()
             done = relay.take_deletions() if relay is not None else []
             if done:
-                await OutboxEntry.delete().where(OutboxEntry.id.is_in(done))
+                await OutboxEntry.delete().where(OutboxEntry.key.is_in(done))
         committed = True
     finally:
         if done and relay is not None:

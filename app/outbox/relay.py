@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -52,11 +53,13 @@ class Relay:
         self.node = node  # the database node the relay reads on (PostgreSQL: its own small pool)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._to_delete: set[int] = set()  # rows gone out, not yet deleted
-        self._deleting: set[int] = set()  # rows gone out that a transaction is deleting right now
+        # Rows are known by `key` here, never by `id`: SQLite hands out an id again once the table
+        # is empty, and deleting by a remembered id could delete a newer row that never went out.
+        self._to_delete: set[uuid.UUID] = set()  # rows gone out, not yet deleted
+        self._deleting: set[uuid.UUID] = set()  # rows gone out that a transaction is deleting right now
         # Rows deleted a moment ago, by the number of reads started before: a read that started
         # earlier may still return them (its snapshot predates the delete).
-        self._deleted: dict[int, int] = {}
+        self._deleted: dict[uuid.UUID, int] = {}
         self._reads = 0
         self._deleter: asyncio.Task[None] | None = None
         self.relayed = 0
@@ -67,21 +70,21 @@ class Relay:
         self.woken = True
         self._wake.set()
 
-    def take_deletions(self) -> list[int]:
+    def take_deletions(self) -> list[uuid.UUID]:
         """Rows gone out, for the caller's transaction to delete (each handed to one transaction only,
         so concurrent transactions never wait for each other's outbox rows); report with `deleted`."""
-        ids = list(self._to_delete)
+        keys = list(self._to_delete)
         self._to_delete.clear()
-        self._deleting.update(ids)
-        return ids
+        self._deleting.update(keys)
+        return keys
 
-    def deleted(self, ids: list[int], committed: bool) -> None:
-        """The transaction that took `ids` ended; if it rolled back, they are still to delete."""
-        self._deleting.difference_update(ids)
+    def deleted(self, keys: list[uuid.UUID], committed: bool) -> None:
+        """The transaction that took `keys` ended; if it rolled back, they are still to delete."""
+        self._deleting.difference_update(keys)
         if not committed:
-            self._to_delete.update(ids)
+            self._to_delete.update(keys)
         else:
-            self._deleted.update(dict.fromkeys(ids, self._reads))
+            self._deleted.update(dict.fromkeys(keys, self._reads))
 
     async def run(self, poll_seconds: float = POLL_SECONDS) -> None:
         """Drain whenever woken, and every `poll_seconds` anyway; forever."""
@@ -111,7 +114,7 @@ class Relay:
         Rows that went out are deleted by the next change committed in this process (in its own
         transaction: `take_deletions`), or else by a task of their own a moment later — never by the
         drain, whose next batch would wait for the write (on SQLite, behind every request's
-        transaction). Until they are deleted, their ids are remembered here and skipped."""
+        transaction). Until they are deleted, their keys are remembered here and skipped."""
         self.woken = False
         async with self._lock:
             total = 0
@@ -122,12 +125,12 @@ class Relay:
                     OutboxEntry.id).limit(BATCH + len(self._to_delete) + len(self._deleting) + len(self._deleted)).run(
                     node=self.node)
                 skip = self._to_delete | self._deleting | self._deleted.keys()
-                rows = [row for row in rows if row["id"] not in skip][:BATCH]
+                rows = [row for row in rows if row["key"] not in skip][:BATCH]
                 # this read started after those deletions: later reads cannot return those rows
                 self._deleted = {i: n for i, n in self._deleted.items() if n > read}
                 if rows:
                     await self._carry_out(rows)
-                    self._to_delete.update(row["id"] for row in rows)
+                    self._to_delete.update(row["key"] for row in rows)
                     total += len(rows)
                     self.relayed += len(rows)
                 if self._to_delete and (self._deleter is None or self._deleter.done()):
@@ -143,18 +146,18 @@ class Relay:
         await asyncio.sleep(DELETE_DELAY_SECONDS)  # under load, the next change deletes them for free
         await self._delete(self.take_deletions())
 
-    async def _delete(self, ids: list[int]) -> None:
-        if not ids:
+    async def _delete(self, keys: list[uuid.UUID]) -> None:
+        if not keys:
             return
         committed = False
         try:
             async with write_transaction():
-                await OutboxEntry.delete().where(OutboxEntry.id.is_in(ids))
+                await OutboxEntry.delete().where(OutboxEntry.key.is_in(keys))
             committed = True
         except Exception as exc:  # the database is away: the next drain tries again
-            log.warning("outbox relay could not delete %d rows: %s", len(ids), exc)
+            log.warning("outbox relay could not delete %d rows: %s", len(keys), exc)
         finally:
-            self.deleted(ids, committed)
+            self.deleted(keys, committed)
 
     async def _carry_out(self, rows: list[dict[str, Any]]) -> None:
         publications: list[Publication | dict[str, str]] = []
