@@ -57,7 +57,9 @@ def _whole_second(when: datetime) -> datetime:
 
 
 class JobQueue:
-    """Enqueue, schedule and cancel jobs by name (synchronous: the API calls it through a thread)."""
+    """The connection RQ and rq-scheduler use, and the few jobs not recorded in an outbox: the
+    sweep's re-enqueues and the periodic jobs (synchronous Redis; changes use `JobBatch` through the
+    outbox relay)."""
 
     def __init__(self, connection: Redis) -> None:
         self.connection = connection
@@ -65,33 +67,8 @@ class JobQueue:
 
     def enqueue(self, job: str, *args: Any, job_id: str, queue: str = DEFAULT_QUEUE) -> None:
         """Run `job(*args)` as soon as a worker is free."""
-        self.enqueue_many(job, [(args, job_id)], queue)
-
-    def enqueue_many(self, job: str, calls: list[tuple[tuple[Any, ...], str]], queue: str = DEFAULT_QUEUE) -> None:
-        """`enqueue` for each `(args, job_id)` in `calls`, in one Redis round trip."""
         Queue(queue, connection=self.connection).enqueue_many([
-            Queue.prepare_data(job, args, job_id=job_id, timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600)
-            for args, job_id in calls
-        ])
-
-    def schedule(self, when: datetime, job: str, *args: Any, job_id: str, queue: str = DEFAULT_QUEUE) -> None:
-        """Run `job(*args)` at `when` (aware; rq-scheduler reads naive times as UTC, RQ as local)."""
-        self.cancel(job_id)  # enqueue_at with an existing id would leave the old schedule entry behind
-        self.scheduler.enqueue_at(_whole_second(when), job, *args, job_id=job_id, queue_name=queue,
-                                  timeout=JOB_TIMEOUT_SECONDS, job_result_ttl=3600)
-
-    def schedule_shared(self, whens: Iterable[datetime], job: str, *, prefix: str) -> None:
-        """Run `job()` at each of `whens`, one job per whole second however many ask for it.
-
-        The job id names its second, so a second already scheduled is left alone. Should the check
-        race with the scheduler moving that job to its queue, the job runs twice: `job` must be one
-        that does whatever is due at the time it runs, so a second run finds nothing to do."""
-        scheduled_key = self.scheduler.scheduled_jobs_key
-        for when in sorted({_whole_second(w) for w in whens}):
-            job_id = f"{prefix}-{int(when.timestamp())}"
-            if self.connection.zscore(scheduled_key, job_id) is None:
-                self.scheduler.enqueue_at(when, job, job_id=job_id, queue_name=DEFAULT_QUEUE,
-                                          timeout=JOB_TIMEOUT_SECONDS, job_result_ttl=3600)
+            Queue.prepare_data(job, args, job_id=job_id, timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600)])
 
     def schedule_periodic(self, job: str, *, job_id: str, interval: int, timeout: int) -> None:
         """Run `job()` now and every `interval` seconds, under a fixed id (scheduling again replaces it)."""
@@ -140,6 +117,9 @@ class JobBatch:
         self.size += 1
 
     def schedule_shared(self, whens: Iterable[datetime], job: str, *, prefix: str) -> None:
+        """Run `job()` at each of `whens`, one job per whole second however many ask for it. Should
+        this race with the scheduler moving that second's job to its queue, the job runs twice: `job`
+        must do whatever is due when it runs, so a second run finds nothing to do."""
         for when in sorted({_whole_second(w) for w in whens}):
             self.schedule(when, job, job_id=f"{prefix}-{int(when.timestamp())}", only_if_new=True)
 

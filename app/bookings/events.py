@@ -61,19 +61,17 @@ def describe(booking: BookingRead, resource: dict[str, Any]) -> str:
 
 
 async def booking_changed(
-    change: Change, booking: BookingRead, event_type: str, seat_windows: list[Window] | list[Availability],
+    change: Change, booking: BookingRead, event_type: str, seat_windows: list[Window],
+    availability: Availability | None = None,
 ) -> None:
-    """Publish `event_type`, and availability for the windows whose seats changed (read inside the
-    change's transaction, under the resource's lock, so it is the availability this change left;
-    or given, when the change already knows it)."""
+    """Publish `event_type`, and the availability the change left: `availability` when the change
+    knows it already, else read for each window whose seats changed (inside the change's
+    transaction, under the resource's lock)."""
     change.publish(event_type, booking_channels(booking), booking)
-    for availability in seat_windows:
-        if isinstance(availability, Availability):
-            change.publish("resource.availability", [resource_channel(booking.resource_id)], availability)
-    windows = [w for w in seat_windows if not isinstance(w, Availability)]
-    for start, end in _merge(windows):
-        change.publish("resource.availability", [resource_channel(booking.resource_id)],
-                       await availability_of(booking.resource_id, start, end))
+    left = [availability] if availability else [
+        await availability_of(booking.resource_id, start, end) for start, end in _merge(seat_windows)]
+    for each in left:
+        change.publish("resource.availability", [resource_channel(booking.resource_id)], each)
 
 
 async def notify_parties(

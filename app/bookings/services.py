@@ -147,7 +147,8 @@ async def create_booking(
         booking = to_booking_read(row)
         left = availability_from(resource["id"], resource["capacity"], [*holders, (starts_at, ends_at, data.seats)],
                                  starts_at, ends_at)
-        await follow_up(change, effects.settings, booking, "booking.created", user.id, [left], resource=resource)
+        await follow_up(change, effects.settings, booking, "booking.created", user.id, [(starts_at, ends_at)],
+                        resource=resource, availability=left)
         if remember is not None:
             await remember(booking)
     return booking

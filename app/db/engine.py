@@ -37,9 +37,8 @@ class LocalSQLiteEngine(SQLiteEngine):
     outside a transaction and for every transaction, about 1 ms of CPU each; this engine keeps up
     to IDLE_SQLITE_CONNECTIONS idle connections and hands them out again. It overrides Piccolo
     internals (`_run_in_new_connection`, `_run_in_existing_connection`, the transaction's
-    `__aexit__`) and aiosqlite's (the
-    connection's `_thread`), so `pyproject.toml` pins both minor versions and
-    tests/unit/test_sqlite_pool.py fails loudly when they move.
+    `__aexit__`) and aiosqlite's (the connection's `_thread`), so `pyproject.toml` pins both minor
+    versions and tests/unit/test_sqlite_pool.py fails loudly when they move.
     """
 
     def __init__(self, path: str, **connection_kwargs: Any) -> None:

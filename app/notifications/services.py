@@ -37,24 +37,19 @@ class NewNotification:
     data: Any
 
 
-def record_notifications(change: Change, items: list[NewNotification]) -> list[dict[str, Any]]:
-    """The rows of `items`, each announced by `notification.created` once the change is committed.
-    The caller inserts the rows in the change's transaction (`insert_notifications`)."""
+async def notify_each(change: Change, items: list[NewNotification]) -> None:
+    """Store `items` in one INSERT inside `change`, each announced once the change is committed."""
+    if not items:
+        return
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = [
         {"id": uuid.uuid4(), "user_id": item.user_id, "type": item.kind, "title": item.title[:200],
          "body": item.body, "data": msgspec.json.encode(item.data).decode(), "created_at": now, "read_at": None}
         for item in items
     ]
+    await Notification.insert(*(Notification(**row) for row in rows))
     for row in rows:
         change.publish("notification.created", [user_channel(row["user_id"])], to_notification_read(row))
-    return rows
-
-
-async def notify_each(change: Change, items: list[NewNotification]) -> None:
-    """Store `items` in one INSERT inside `change`, each announced once the change is committed."""
-    if items:
-        await Notification.insert(*(Notification(**row) for row in record_notifications(change, items)))
 
 
 async def list_notifications(

@@ -65,7 +65,7 @@ class Change:
         self.entries.append(JobEntry(job, list(args), job_id, queue, at=[_time(when)]))
 
     def schedule_shared(self, whens: Iterable[datetime], job: str, *, prefix: str) -> None:
-        """Run `job()` at each of `whens`, one job per whole second (see JobQueue.schedule_shared)."""
+        """Run `job()` at each of `whens`, one job per whole second (see JobBatch.schedule_shared)."""
         self.entries.append(JobEntry(job, [], "", DEFAULT_QUEUE, at=[_time(w) for w in whens], shared_prefix=prefix))
 
     def cancel(self, job_id: str) -> None:

@@ -25,7 +25,6 @@ from heapq import merge
 from typing import Any
 
 import msgspec
-from litestar import Request
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
@@ -153,10 +152,6 @@ class EventBus:
             results: list[Any] = await pipe.execute()
         return results
 
-    async def publish_control(self, message: dict[str, str]) -> None:
-        """Tell every API process something about connections (e.g. a user was deactivated)."""
-        await self.redis.publish(CONTROL_CHANNEL, msgspec.json.encode(message))
-
     async def latest_id(self) -> str:
         """The id of the newest event, or `0-0` when there is none: a cursor meaning "from now on"."""
         rows: Any = await self.redis.xrevrange(GLOBAL_STREAM, count=1)
@@ -244,9 +239,3 @@ class EventBus:
             finally:
                 with contextlib.suppress(Exception):  # the connection may already be gone
                     await pubsub.aclose()
-
-
-async def provide_bus(request: Request[Any, Any, Any]) -> EventBus:
-    """Dependency: this process's event bus."""
-    bus: EventBus = request.app.state.bus
-    return bus
