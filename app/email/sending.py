@@ -14,6 +14,8 @@ import smtplib
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -108,36 +110,135 @@ def deliver(settings: Settings, message: EmailMessage, delivery_id: str, to_addr
         temporary.replace(path)  # atomic: a reader never sees half a message, a retry overwrites
         log.info("simulation mode: email %s to %s written to %s", message["Message-ID"], message["To"], path)
         return
-    # smtplib's timeout bounds each read and write, not the exchange: a server answering every step
-    # just in time could keep one attempt going past its claim, and a second worker would send the
-    # message again meanwhile. The whole exchange gets EMAIL_SEND_TIMEOUT (the claim lasts 5 s more).
-    smtp = _SMTP(timeout=settings.email_send_timeout, local_hostname=_local_hostname())
-    deadline = threading.Timer(settings.email_send_timeout, smtp.abort)
-    deadline.daemon = True
-    deadline.start()
-    try:
-        _exchange(smtp, settings, message, to_address)
-    finally:
-        deadline.cancel()
-        smtp.close()
+    _connections.send(settings, message, to_address)
     log.info("email %s sent to %s through %s", message["Message-ID"], message["To"], settings.smtp_host)
 
 
-def _exchange(smtp: _SMTP, settings: Settings, message: EmailMessage, to_address: str) -> None:
-    assert settings.smtp_host is not None
-    smtp.connect(settings.smtp_host, settings.smtp_port)
-    if settings.smtp_starttls:
-        smtp.starttls(context=ssl.create_default_context())
-    if settings.smtp_username:
-        smtp.login(settings.smtp_username, settings.smtp_password or "")
+class _StaleConnection(Exception):
+    """A kept connection failed before the message was transmitted (the server closed it while it
+    sat idle, or ended it with a 421): nothing was sent, so a new connection may send at once."""
+
+
+class _ConnectionCache:
+    """One SMTP connection per process, kept open between messages (as Postfix's connection cache
+    does): connecting, greeting, EHLO (and STARTTLS and AUTH) and QUIT cost more round trips than
+    the message itself, and halved a worker's throughput. A connection is used for at most
+    `MAX_MESSAGES` messages and `MAX_AGE_SECONDS`, and not after `MAX_IDLE_SECONDS` without use
+    (servers drop idle clients; Postfix's own cache keeps them 2 s). Any failure closes it.
+
+    A worker runs one job at a time; the lock only guards against a caller on another thread."""
+
+    MAX_MESSAGES = 100
+    MAX_IDLE_SECONDS = 10.0
+    MAX_AGE_SECONDS = 300.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._smtp: _SMTP | None = None
+        self._key: tuple[Any, ...] = ()
+        self._opened = self._used = 0.0
+        self._messages = 0
+
+    def send(self, settings: Settings, message: EmailMessage, to_address: str) -> None:
+        """Send over the kept connection, or a new one; reconnect once if the kept one went stale.
+
+        smtplib's timeout bounds each read and write, not the exchange: a server answering every
+        step just in time could keep one attempt going past its claim, and a second worker would
+        send the message again meanwhile. The whole exchange gets EMAIL_SEND_TIMEOUT (the claim
+        lasts 5 s more): a timer aborts whichever connection is in use when it runs out."""
+        with self._lock:
+            deadline = time.monotonic() + settings.email_send_timeout
+            smtp = self._kept(settings)
+            try:
+                if smtp is not None:
+                    try:
+                        self._send_within(smtp, deadline, settings, message, to_address, reused=True)
+                    except _StaleConnection:
+                        self._forget()
+                        smtp = None
+                if smtp is None:
+                    smtp = self._open(settings, deadline)
+                    self._send_within(smtp, deadline, settings, message, to_address, reused=False)
+            except BaseException:
+                self._forget()
+                raise
+            self._used = time.monotonic()
+            self._messages += 1
+
+    def _kept(self, settings: Settings) -> _SMTP | None:
+        key = (settings.smtp_host, settings.smtp_port, settings.smtp_starttls, settings.smtp_username,
+               settings.smtp_password)
+        now = time.monotonic()
+        if self._smtp is not None and (key != self._key or self._smtp.aborted or self._messages >= self.MAX_MESSAGES
+                                       or now - self._used > self.MAX_IDLE_SECONDS
+                                       or now - self._opened > self.MAX_AGE_SECONDS):
+            self._close_politely()
+        self._key = key
+        return self._smtp
+
+    def _open(self, settings: Settings, deadline: float) -> _SMTP:
+        assert settings.smtp_host is not None
+        smtp = _SMTP(timeout=settings.email_send_timeout, local_hostname=_local_hostname())
+        self._smtp, self._opened, self._used, self._messages = smtp, time.monotonic(), time.monotonic(), 0
+        with _watchdog(smtp, deadline):
+            smtp.connect(settings.smtp_host, settings.smtp_port)
+            if settings.smtp_starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if settings.smtp_username:
+                smtp.login(settings.smtp_username, settings.smtp_password or "")
+        return smtp
+
+    @staticmethod
+    def _send_within(smtp: _SMTP, deadline: float, settings: Settings, message: EmailMessage, to_address: str,
+                     reused: bool) -> None:
+        smtp.transmitting = False
+        with _watchdog(smtp, deadline):
+            try:
+                smtp.send_message(message, from_addr=parseaddr(settings.smtp_from)[1] or settings.smtp_from,
+                                  to_addrs=[to_address])
+            except smtplib.SMTPResponseException as exc:
+                if reused and exc.smtp_code == 421 and not smtp.transmitting:
+                    raise _StaleConnection() from exc  # "closing the channel": nothing was taken
+                raise  # the server answered: it did not take the message
+            except Exception as exc:
+                if smtp.transmitting:
+                    raise MaybeDelivered(f"{type(exc).__name__}: {exc} (after the message was sent)") from exc
+                if reused and not smtp.aborted and isinstance(exc, smtplib.SMTPServerDisconnected | OSError):
+                    raise _StaleConnection() from exc
+                raise
+
+    def _forget(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            with contextlib.suppress(Exception):
+                smtp.close()
+
+    def _close_politely(self) -> None:
+        """QUIT a connection that is done with (a failed goodbye changes nothing)."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            with contextlib.suppress(Exception):
+                if smtp.sock is not None:
+                    smtp.sock.settimeout(1.0)  # a goodbye is not worth waiting EMAIL_SEND_TIMEOUT for
+                smtp.quit()
+            with contextlib.suppress(Exception):
+                smtp.close()
+
+
+@contextlib.contextmanager
+def _watchdog(smtp: _SMTP, deadline: float) -> Iterator[None]:
+    """Abort `smtp` from a timer thread if this block is still running at `deadline` (monotonic)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        smtp.abort()
+        raise smtplib.SMTPServerDisconnected("the SMTP exchange ran past EMAIL_SEND_TIMEOUT")
+    timer = threading.Timer(remaining, smtp.abort)
+    timer.daemon = True
+    timer.start()
     try:
-        smtp.send_message(message, from_addr=parseaddr(settings.smtp_from)[1] or settings.smtp_from,
-                          to_addrs=[to_address])
-    except smtplib.SMTPResponseException:
-        raise  # the server answered: it did not take the message
-    except Exception as exc:
-        if smtp.transmitting:
-            raise MaybeDelivered(f"{type(exc).__name__}: {exc} (after the message was sent)") from exc
-        raise
-    with contextlib.suppress(Exception):  # the message is accepted: a failed goodbye changes nothing
-        smtp.quit()
+        yield
+    finally:
+        timer.cancel()
+
+
+_connections = _ConnectionCache()

@@ -97,6 +97,7 @@ class Transfer:
     rcpt_tos: list[str]
     at: float
     outcome: str = "pending"  # the reply ("250 OK", "451 ..."), or "abandoned" when the client went away first
+    peer: Any = None  # the client's (address, port): one per SMTP connection
     ended: float = 0.0  # when the sink replied or saw the client go
 
     @property
@@ -123,7 +124,8 @@ class SinkHandler:
         message_id = str(message_from_bytes(raw, policy=policy.default)["Message-ID"] or "")
         with self._lock:
             attempt = 1 + sum(t.message_id == message_id for t in self.transfers)
-            transfer = Transfer(message_id, raw, [str(r) for r in envelope.rcpt_tos], time.monotonic())
+            transfer = Transfer(message_id, raw, [str(r) for r in envelope.rcpt_tos], time.monotonic(),
+                                peer=session.peer)
             self.transfers.append(transfer)
         delay = self.stall(attempt)
         if delay:
@@ -145,15 +147,17 @@ class SinkHandler:
 
 
 class Sink:
-    """An SMTP server on 127.0.0.1:`port` (chosen now, so workers can point at it before it listens)."""
+    """An SMTP server on 127.0.0.1:`port` (chosen now, so workers can point at it before it listens);
+    `options` go to aiosmtpd's SMTP (e.g. `timeout`: seconds before it drops an idle client)."""
 
-    def __init__(self, handler: SinkHandler) -> None:
+    def __init__(self, handler: SinkHandler, **options: Any) -> None:
         self.handler = handler
+        self.options = options
         self.port = free_port()
         self.controller: Controller | None = None
 
     def start(self) -> None:
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **self.options)
         self.controller.start()
 
     def stop(self) -> None:
@@ -201,8 +205,8 @@ class Stack:
         return {"APP_URL": APP_URL, "SMTP_STARTTLS": "false", "SMTP_USERNAME": "", "SMTP_PASSWORD": "",
                 "EMAIL_RETRY_INTERVALS": RETRY_INTERVALS, "EMAIL_SEND_TIMEOUT": "30s", **smtp, **extra}
 
-    def sink(self, handler: SinkHandler | None = None, listen: bool = True) -> Sink:
-        sink = Sink(handler or SinkHandler())
+    def sink(self, handler: SinkHandler | None = None, listen: bool = True, **options: Any) -> Sink:
+        sink = Sink(handler or SinkHandler(), **options)
         self.sinks.append(sink)
         if listen:
             sink.start()
