@@ -47,10 +47,16 @@ async def sweep(effects: Effects) -> None:
         jobs.enqueue(FIRE_DUE_REMINDERS, job_id=f"{REMINDERS_JOB_PREFIX}-sweep")
     # A queued delivery waits at most the longest retry interval for its job; past that, the job is lost.
     forgotten = now - timedelta(seconds=max(effects.settings.email_retry_intervals or (0,)) + 30)
-    waiting = await EmailDelivery.select(EmailDelivery.id, EmailDelivery.attempts).where(
-        ((EmailDelivery.status == "sending") & (EmailDelivery.claimed_until < now))
-        | ((EmailDelivery.status == "queued") & (EmailDelivery.updated_at < forgotten))
-    )
+    lost = ((EmailDelivery.status == "sending") & (EmailDelivery.claimed_until < now)) | (
+        (EmailDelivery.status == "queued") & (EmailDelivery.updated_at < forgotten))
+    if not jobs.connection.llen(f"rq:queue:{EMAIL_QUEUE}"):
+        # Never tried, and no job waiting: the job that carried it (with the rest of its change's
+        # emails) died with its worker while sending an earlier one. Older than one send's claim,
+        # so a job still at work on its batch just sees its next claim taken (claims keep it once).
+        unsent_since = now - timedelta(seconds=effects.settings.email_send_timeout + 5)
+        lost = lost | ((EmailDelivery.status == "queued") & (EmailDelivery.attempts == 0)
+                       & (EmailDelivery.created_at < unsent_since))
+    waiting = await EmailDelivery.select(EmailDelivery.id, EmailDelivery.attempts).where(lost)
     for row in waiting:
         jobs.enqueue(SEND_EMAIL, str(row["id"]), job_id=email_job_id(row["id"], row["attempts"]) + "-sweep",
                      queue=EMAIL_QUEUE)

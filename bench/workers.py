@@ -1022,12 +1022,16 @@ async def email_run(stack: Stack, args: argparse.Namespace) -> EmailRun:
         if failures:
             raise RuntimeError(f"booking setup failed: {dict(failures)} {samples}")
         booking_ids = [str(b["id"]) for b in created]
+        # Every delivery recorded, and every outbox row carried out (their jobs are in queue `email`:
+        # one job per change since the deliveries of one change share it).
         deadline = time.monotonic() + 30
-        while queue_lengths(conn)["email"] < 2 * len(created) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while time.monotonic() < deadline and (  # noqa: ASYNC110
+                db_rows(stack.db_path, "SELECT count(*) FROM email_deliveries WHERE status = 'queued'")[0][0]
+                < 2 * len(created) or db_rows(stack.db_path, "SELECT count(*) FROM outbox")[0][0]):
             await asyncio.sleep(0.1)
-        result.messages = queue_lengths(conn)["email"]
-        print(f"   {len(created)} bookings queued {result.messages} emails; starting the sink and one worker",
-              flush=True)
+        result.messages = db_rows(stack.db_path, "SELECT count(*) FROM email_deliveries WHERE status = 'queued'")[0][0]
+        print(f"   {len(created)} bookings queued {result.messages} emails in {queue_lengths(conn)['email']} jobs;"
+              " starting the sink and one worker", flush=True)
 
         worker_box: dict[str, Any] = {}
 

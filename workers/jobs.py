@@ -3,7 +3,7 @@ context and calls its area's function; arguments are primitive (ids as strings),
 idempotent, so running it twice — a retry, two workers, a sweep re-enqueueing it — changes nothing
 the second time.
 
-- send_email(delivery_id): app/email/delivery.py — claim, render, send, record; retry with backoff.
+- send_email(*delivery_ids): app/email/delivery.py — claim, render, send, record; retry with backoff.
 - fire_due_reminders(): app/bookings/reminders.py — every reminder due by now, each at most once.
 - expire_booking(booking_id): app/bookings/expiry.py — a pending booking past its deadline expires.
 - sweep(), cleanup(): app/maintenance.py — re-enqueue lost jobs; trim history and old rows.
@@ -18,9 +18,18 @@ from workers import context
 
 
 @context.job
-async def send_email(delivery_id: str) -> None:
-    """Send one email delivery."""
-    await delivery.send_delivery(context.current().effects, delivery_id)
+async def send_email(*delivery_ids: str) -> None:
+    """Send email deliveries, one after the other (those of one change share a job). One that
+    cannot be recorded (the database is down) does not hold back the others; the job then fails,
+    and the sweep re-enqueues whatever is left."""
+    failure: Exception | None = None
+    for delivery_id in delivery_ids:
+        try:
+            await delivery.send_delivery(context.current().effects, delivery_id)
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 @context.job

@@ -52,8 +52,10 @@ async def queue_emails(change: Change, settings: Settings, emails: list[NewEmail
         message_id=new_message_id(str(delivery_id), settings), claimed_until=None,
         created_at=now, updated_at=now, sent_at=None,
     ) for delivery_id, email in zip(ids, emails, strict=True)))
-    for delivery_id in ids:
-        change.enqueue(SEND_EMAIL, str(delivery_id), job_id=email_job_id(delivery_id, 1), queue=EMAIL_QUEUE)
+    # One job for all of them: a job costs a worker ~4 ms of RQ's own work (52 Redis commands), as
+    # much as sending a message; the deliveries are still claimed, sent and retried one by one.
+    change.enqueue(SEND_EMAIL, *(str(delivery_id) for delivery_id in ids), job_id=email_job_id(ids[0], 1),
+                   queue=EMAIL_QUEUE)
     return ids
 
 
