@@ -80,6 +80,8 @@ MAX_SERVICE_TOKEN_SECONDS = 366 * 86400
 """The longest life accepted for a service token."""
 
 TokenKind = Literal["access", "stream", "service"]
+VERIFIED_TOKENS_KEPT = 10_000
+"""How many verified tokens one process remembers (a few MB at most)."""
 
 
 class TokenCodec:
@@ -98,6 +100,7 @@ class TokenCodec:
             "stream": max(MAX_USER_TOKEN_SECONDS, self.stream_ttl),
             "service": MAX_SERVICE_TOKEN_SECONDS,
         }
+        self._verified: dict[str, dict[str, Any]] = {}  # token -> its claims, oldest first (see decode)
 
     def ensure_can_mint(self) -> None:
         """503 when only a public key is configured (tokens then come from an identity provider)."""
@@ -123,7 +126,26 @@ class TokenCodec:
 
     def decode(self, token: str) -> dict[str, Any]:
         """Verified claims, or 401. Only the configured algorithm is accepted (never `none`), and
-        the time claims must be numbers with a sane lifetime (PyJWT alone accepts `"exp": "123"`)."""
+        the time claims must be numbers with a sane lifetime (PyJWT alone accepts `"exp": "123"`).
+
+        A token verified once is remembered (`VERIFIED_TOKENS_KEPT` of them) until it expires: a
+        client sends the same token with every request, and checking its signature and claims again
+        cost a tenth of an authenticated read. Only what is already valid is kept (its `iat` and
+        `nbf` have passed, so they stay passed); `exp` is checked on every use. The claims returned
+        are shared: callers must not change them."""
+        known = self._verified.get(token)
+        if known is not None:
+            if known["exp"] > time.time():
+                return known
+            del self._verified[token]
+            raise Unauthorized("The token has expired; sign in again.")
+        claims = self._verify(token)
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            del self._verified[next(iter(self._verified))]  # the oldest remembered
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> dict[str, Any]:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized(f"The token is invalid: longer than {MAX_TOKEN_BYTES} bytes.")
         try:

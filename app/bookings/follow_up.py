@@ -20,13 +20,15 @@ from app.settings import Settings
 async def follow_up(
     change: Change, settings: Settings, booking: BookingRead, event_type: str, actor_id: uuid.UUID | None,
     seat_windows: list[Window], reason: str | None = None, resource: dict[str, Any] | None = None,
-    availability: Availability | None = None,
+    availability: Availability | None = None, people: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Publish, notify, mail and (re)schedule after `event_type`, inside the change's transaction.
-    `seat_windows`: the windows whose seats changed; `resource` and `availability`: the resource's
-    row (name, timezone, response deadline) and the availability left, when the change has them."""
+    `seat_windows`: the windows whose seats changed; `resource`, `availability` and `people`: the
+    resource's row (name, timezone, response deadline), the availability left and the customer and
+    owner (as `booking_parties` gives them), when the change has them."""
     await booking_changed(change, booking, event_type, seat_windows, availability)
-    parties = await booking_parties(booking, resource)  # once, for the notifications and the emails
+    # once, for the notifications and the emails
+    parties = (resource, people) if resource and people else await booking_parties(booking, resource)
     await notify_parties(change, booking, parties, event_type, actor_id)
     await queue_booking_emails(change, settings, booking, parties, event_type, reason)
     await plan_reminders(change, settings, booking, event_type)

@@ -113,12 +113,26 @@ async def _history(booking_id: uuid.UUID, action: str, actor_id: uuid.UUID | Non
 async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
     """The resource row if it may take bookings now, else 422 (the same answer whatever the reason);
     inside a write transaction, also locked until commit."""
-    resource = await for_update(Resource.select(*Resource.all_columns()).where(
+    owner: Any = Resource.owner_id  # the joined owner's columns
+    resource = await for_update(Resource.select(
+        *Resource.all_columns(), owner.name.as_alias("owner_name"), owner.email.as_alias("owner_email"),
+    ).where(
         Resource.id == resource_id, Resource.offered()  # a deactivated provider takes no bookings
     ), Resource).first()
     if resource is None:
         raise Unprocessable.field("resource_id", "no active resource has this id")
     return resource
+
+
+def _known_people(user: AuthUser, resource: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The customer and owner of a booking `user` makes for themselves on `resource` (read with its
+    owner): both are known without another query, and both are active (the caller is signed in, an
+    offered resource's owner is active). None when an admin books for someone else."""
+    if user.role != "customer":
+        return None
+    return {"customer": {"id": user.id, "name": user.name, "email": user.email, "active": True},
+            "owner": {"id": resource["owner_id"], "name": resource["owner_name"], "email": resource["owner_email"],
+                      "active": True}}
 
 
 async def create_booking(
@@ -148,7 +162,7 @@ async def create_booking(
         left = availability_from(resource["id"], resource["capacity"], [*holders, (starts_at, ends_at, data.seats)],
                                  starts_at, ends_at)
         await follow_up(change, effects.settings, booking, "booking.created", user.id, [(starts_at, ends_at)],
-                        resource=resource, availability=left)
+                        resource=resource, availability=left, people=_known_people(user, resource))
         if remember is not None:
             await remember(booking)
     return booking

@@ -155,12 +155,20 @@ def relay_node(engine: Engine) -> str | None:
     return RELAY_NODE if RELAY_NODE in getattr(engine, "extra_nodes", {}) else None
 
 
+async def _keep_session(connection: object) -> None:
+    """What a connection needs on its way back to the pool, beyond the rollback of an open
+    transaction that asyncpg always does: nothing. asyncpg's default reset sends `SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` — a round trip for every query run
+    outside a transaction — and Bookwire sets no session state, takes no advisory lock, opens no
+    cursor across statements and listens to nothing."""
+
+
 async def open_engine(engine: Engine) -> None:
     """Start the connection pools (PostgreSQL) or switch on WAL (SQLite)."""
     if isinstance(engine, PostgresEngine):
-        await engine.start_connection_pool(min_size=2, max_size=20)
+        await engine.start_connection_pool(min_size=2, max_size=20, reset=_keep_session)
         for node in engine.extra_nodes.values():
-            await node.start_connection_pool(min_size=1, max_size=2)
+            await node.start_connection_pool(min_size=1, max_size=2, reset=_keep_session)
     elif isinstance(engine, SQLiteEngine):
         # WAL lets readers proceed while one writer holds the lock; it is a property of the file.
         await engine.run_ddl("PRAGMA journal_mode=WAL")
