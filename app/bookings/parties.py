@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from app.bookings.schemas import BookingRead
+from app.db.prepared import Prepared
 from app.db.tables import Resource, User
 
 Parties = tuple[dict[str, Any], dict[str, dict[str, Any]]]
@@ -14,11 +15,18 @@ Parties = tuple[dict[str, Any], dict[str, dict[str, Any]]]
 `email`, `active`)."""
 
 
+_resource_row = Prepared(Resource, lambda resource_id: Resource.select(
+    Resource.id, Resource.name, Resource.timezone).where(Resource.id == resource_id), uuid.UUID)
+_two_users = Prepared(User, lambda a, b: User.select(User.id, User.name, User.email, User.active).where(
+    (User.id == a) | (User.id == b)), uuid.UUID, uuid.UUID)
+
+
 async def booking_parties(booking: BookingRead, resource: dict[str, Any] | None = None) -> Parties:
     """The resource (unless the caller has its row already) and the customer and owner of one booking."""
     if resource is None:
-        return (await parties_of([booking]))[booking.id]
-    return resource, _people(booking, await _users([booking]))
+        (resource,) = await _resource_row(booking.resource_id)
+    users = {u["id"]: u for u in await _two_users(booking.customer_id, booking.owner_id)}
+    return resource, _people(booking, users)
 
 
 async def parties_of(bookings: list[BookingRead]) -> dict[uuid.UUID, Parties]:

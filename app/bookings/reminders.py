@@ -27,6 +27,7 @@ from app.bookings.emails import booking_context
 from app.bookings.events import describe
 from app.bookings.parties import parties_of
 from app.bookings.schemas import BookingRead, to_booking_read, to_reminder_read
+from app.db.prepared import insert_rows
 from app.db.tables import Booking, Reminder, User
 from app.effects import Effects
 from app.email.services import NewEmail, queue_emails
@@ -65,11 +66,11 @@ async def plan_reminders(change: Change, settings: Settings, booking: BookingRea
            if (due_at := booking.starts_at - timedelta(seconds=offset)) > now]  # a moment already past is skipped
     if not due:
         return
-    await Reminder.insert(*(
-        Reminder(id=uuid.uuid4(), booking_id=booking.id, recipient_id=recipient_id, recipient_role=role,
-                 offset_seconds=offset, due_at=due_at, status="scheduled", fired_at=None, created_at=now)
+    await insert_rows(Reminder, [
+        {"id": uuid.uuid4(), "booking_id": booking.id, "recipient_id": recipient_id, "recipient_role": role,
+         "offset_seconds": offset, "due_at": due_at, "status": "scheduled", "fired_at": None, "created_at": now}
         for recipient_id, role, offset, due_at in due
-    ))
+    ])
     change.schedule_shared([due_at for *_, due_at in due], FIRE_DUE_REMINDERS, prefix=REMINDERS_JOB_PREFIX)
 
 

@@ -23,6 +23,7 @@ from app.bookings.schemas import (
     to_reminder_read,
 )
 from app.bookings.status import TRANSITIONS, Transition, allowed_actions, may_take
+from app.db.prepared import Prepared, insert_rows
 from app.db.tables import Booking, BookingHistory, Reminder, Resource, User
 from app.db.transactions import for_update, lock_row
 from app.effects import Effects
@@ -53,11 +54,18 @@ def relations(user: AuthUser, row: dict[str, Any]) -> set[str]:
     return found
 
 
+_booking_row = Prepared(Booking, lambda booking_id: Booking.select().where(Booking.id == booking_id).first(),
+                        uuid.UUID)
+_locked_booking_row = Prepared(Booking, lambda booking_id: for_update(
+    Booking.select().where(Booking.id == booking_id), Booking).first(), uuid.UUID)
+"""The booking's row, held until commit (racing actions queue here and see each other's result)."""
+
+
 async def _load_visible_booking(user: AuthUser, booking_id: uuid.UUID) -> dict[str, Any]:
-    row = await Booking.select().where(Booking.id == booking_id).first()
-    if row is None or not relations(user, row):
+    rows = await _booking_row(booking_id)
+    if not rows or not relations(user, rows[0]):
         raise NotFound("No booking with this id.")
-    return row
+    return rows[0]
 
 
 def _check_interval(starts_at: datetime, ends_at: datetime, now: datetime) -> None:
@@ -104,24 +112,31 @@ async def _customer_for(user: AuthUser, customer_id: uuid.UUID | None) -> uuid.U
 
 async def _history(booking_id: uuid.UUID, action: str, actor_id: uuid.UUID | None, from_status: str | None,
                    to_status: str, reason: str | None, at: datetime) -> None:
-    await BookingHistory.insert(BookingHistory(
-        id=uuid.uuid4(), booking_id=booking_id, action=action, actor_id=actor_id,
-        from_status=from_status, to_status=to_status, reason=reason, at=at,
-    ))
+    await insert_rows(BookingHistory, [{
+        "id": uuid.uuid4(), "booking_id": booking_id, "action": action, "actor_id": actor_id,
+        "from_status": from_status, "to_status": to_status, "reason": reason, "at": at,
+    }])
 
 
-async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
-    """The resource row if it may take bookings now, else 422 (the same answer whatever the reason);
-    inside a write transaction, also locked until commit."""
+def _select_bookable_resource(resource_id: uuid.UUID) -> Any:
     owner: Any = Resource.owner_id  # the joined owner's columns
-    resource = await for_update(Resource.select(
+    return for_update(Resource.select(
         *Resource.all_columns(), owner.name.as_alias("owner_name"), owner.email.as_alias("owner_email"),
     ).where(
         Resource.id == resource_id, Resource.offered()  # a deactivated provider takes no bookings
     ), Resource).first()
-    if resource is None:
+
+
+_bookable_resource_rows = Prepared(Resource, _select_bookable_resource, uuid.UUID)
+
+
+async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
+    """The resource row (with `owner_name`, `owner_email`) if it may take bookings now, else 422
+    (the same answer whatever the reason); inside a write transaction, also locked until commit."""
+    rows = await _bookable_resource_rows(resource_id)
+    if not rows:
         raise Unprocessable.field("resource_id", "no active resource has this id")
-    return resource
+    return rows[0]
 
 
 def _known_people(user: AuthUser, resource: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
@@ -156,7 +171,7 @@ async def create_booking(
             "price_cents": resource["price_cents"] * data.seats, "currency": resource["currency"],
             "version": 1, "created_at": now, "updated_at": now,
         }
-        await Booking.insert(Booking(**row))
+        await insert_rows(Booking, [row])
         await _history(row["id"], "create", user.id, None, row["status"], None, now)
         booking = to_booking_read(row)
         left = availability_from(resource["id"], resource["capacity"], [*holders, (starts_at, ends_at, data.seats)],
@@ -256,10 +271,10 @@ async def transition(
     transition = TRANSITIONS[action]
     async with effects.change() as change:
         await lock_row(Resource, found["resource_id"])
-        await lock_row(Booking, booking_id)  # racing actions queue here and see each other's result
-        row = await Booking.select().where(Booking.id == booking_id).first()
-        if row is None:
+        rows = await _locked_booking_row(booking_id)
+        if not rows:
             raise NotFound("No booking with this id.")
+        row = rows[0]
         if row["status"] not in transition.sources:
             raise _refuse_status(row, action, rel)
         booking = await _apply(row, transition, user.id if user else None, reason)
@@ -285,11 +300,10 @@ async def update_booking(user: AuthUser, booking_id: uuid.UUID, data: BookingUpd
         changes["notes"] = data.notes
     async with effects.change() as change:
         await lock_row(Resource, row["resource_id"])
-        await lock_row(Booking, booking_id)
-        fresh = await Booking.select().where(Booking.id == booking_id).first()
-        if fresh is None:
+        fresh = await _locked_booking_row(booking_id)
+        if not fresh:
             raise NotFound("No booking with this id.")
-        row = fresh
+        row = fresh[0]
         if row["status"] not in TRANSITIONS[action].sources:
             raise _refuse_status(row, action, rel)
         if reschedule:

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from app.db.prepared import insert_rows
 from app.db.tables import EmailDelivery, EmailTemplate
 from app.email.rendering import SAMPLE_CONTEXT, TEMPLATE_KEYS, TemplateProblem, check_template, default_template, render
 from app.email.schemas import DeliveryRead, TemplateRead, TemplateWrite
@@ -46,12 +47,12 @@ async def queue_emails(change: Change, settings: Settings, emails: list[NewEmail
         return []
     now = datetime.now(UTC)
     ids = [uuid.uuid4() for _ in emails]
-    await EmailDelivery.insert(*(EmailDelivery(
-        id=delivery_id, template_key=email.template_key, booking_id=email.booking_id, to_address=email.to_address,
-        context=msgspec.json.encode(email.context).decode(), status="queued", attempts=0, last_error=None,
-        message_id=new_message_id(str(delivery_id), settings), claimed_until=None,
-        created_at=now, updated_at=now, sent_at=None,
-    ) for delivery_id, email in zip(ids, emails, strict=True)))
+    await insert_rows(EmailDelivery, [{
+        "id": delivery_id, "template_key": email.template_key, "booking_id": email.booking_id,
+        "to_address": email.to_address, "context": msgspec.json.encode(email.context).decode(), "status": "queued",
+        "attempts": 0, "last_error": None, "message_id": new_message_id(str(delivery_id), settings),
+        "claimed_until": None, "created_at": now, "updated_at": now, "sent_at": None,
+    } for delivery_id, email in zip(ids, emails, strict=True)])
     # One job for all of them: a job costs a worker ~4 ms of RQ's own work (52 Redis commands), as
     # much as sending a message; the deliveries are still claimed, sent and retried one by one.
     change.enqueue(SEND_EMAIL, *(str(delivery_id) for delivery_id in ids), job_id=email_job_id(ids[0], 1),

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from app.db.prepared import insert_rows
 from app.db.tables import Notification
 from app.errors import NotFound
 from app.notifications.schemas import NotificationRead, UnreadCount
@@ -47,7 +48,7 @@ async def notify_each(change: Change, items: list[NewNotification]) -> None:
          "body": item.body, "data": msgspec.json.encode(item.data).decode(), "created_at": now, "read_at": None}
         for item in items
     ]
-    await Notification.insert(*(Notification(**row) for row in rows))
+    await insert_rows(Notification, rows)
     for row in rows:
         change.publish("notification.created", [user_channel(row["user_id"])], to_notification_read(row))
 

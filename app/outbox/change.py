@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from app.db.prepared import insert_rows
 from app.db.tables import OutboxEntry
 from app.db.transactions import write_transaction
 from app.job_queue import DEFAULT_QUEUE
@@ -76,10 +77,10 @@ class Change:
         """Store the entries as outbox rows (inside the change's transaction), in recording order."""
         if self.entries:
             now = datetime.now(UTC)
-            await OutboxEntry.insert(*(
-                OutboxEntry(key=uuid.uuid4(), kind=KINDS[type(entry)], payload=encode(entry).decode(), created_at=now)
+            await insert_rows(OutboxEntry, [
+                {"key": uuid.uuid4(), "kind": KINDS[type(entry)], "payload": encode(entry).decode(), "created_at": now}
                 for entry in self.entries
-            ))
+            ])
 
 
 @asynccontextmanager

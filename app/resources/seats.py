@@ -5,19 +5,24 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from app.db.prepared import Prepared
 from app.db.tables import Booking, Resource
 from app.resources.capacity import HOLDS_SEATS, Interval, occupancy
 from app.resources.schemas import Availability, BusyInterval
+
+_holding_seats = Prepared(Booking, lambda resource_id, start, end: Booking.select(
+    Booking.id, Booking.starts_at, Booking.ends_at, Booking.seats,
+).where(
+    Booking.resource_id == resource_id, Booking.status.is_in(sorted(HOLDS_SEATS)),
+    Booking.starts_at < end, Booking.ends_at > start,
+), uuid.UUID, datetime, datetime)
 
 
 async def seat_holders(
     resource_id: uuid.UUID, start: datetime, end: datetime, ignore: uuid.UUID | None = None
 ) -> list[Interval]:
     """`(starts_at, ends_at, seats)` of the bookings that hold seats and overlap `[start, end)`."""
-    rows = await Booking.select(Booking.id, Booking.starts_at, Booking.ends_at, Booking.seats).where(
-        Booking.resource_id == resource_id, Booking.status.is_in(list(HOLDS_SEATS)),
-        Booking.starts_at < end, Booking.ends_at > start,
-    )
+    rows = await _holding_seats(resource_id, start, end)
     return [(r["starts_at"], r["ends_at"], r["seats"]) for r in rows if r["id"] != ignore]
 
 
