@@ -125,6 +125,7 @@ local started = {}
 local FILLER
 answered, unmatched, lost, fillers, first_start, last_end = 0, 0, 0, 0, 0, 0
 lat = {}
+ends = {}  -- "key:monotonic seconds" of each matched answer
 statuses = {}
 samples = {}
 
@@ -169,6 +170,7 @@ function response(status, headers, body)
       local t0 = key and started[key]
       if t0 then
          lat[#lat + 1] = (t - t0) * 1000
+         ends[#ends + 1] = string.format("\"%s\":%.6f", key, t)
          started[key] = nil
       end
       if status ~= EXPECT then
@@ -198,10 +200,10 @@ function done(summary, latency, requests)
       for _, s in ipairs(thread:get("samples")) do sm[#sm + 1] = jstr(s) end
       for j, v in ipairs(thread:get("lat")) do ls[j] = string.format("%.3f", v) end
       parts[i] = string.format('{"answered":%d,"unmatched":%d,"lost":%d,"fillers":%d,"first_start":%.6f,'
-         .. '"last_end":%.6f,"statuses":{%s},"samples":[%s],"latencies_ms":[%s]}',
+         .. '"last_end":%.6f,"statuses":{%s},"samples":[%s],"latencies_ms":[%s],"ends":{%s}}',
          thread:get("answered"), thread:get("unmatched"), thread:get("lost"), thread:get("fillers"),
          thread:get("first_start"), thread:get("last_end"),
-         table.concat(st, ","), table.concat(sm, ","), table.concat(ls, ","))
+         table.concat(st, ","), table.concat(sm, ","), table.concat(ls, ","), table.concat(thread:get("ends"), ","))
    end
    local e = summary.errors
    io.write(string.format('bench-result {"requests":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,'
@@ -297,6 +299,7 @@ class PhaseResult:
     failures: Counter[str] = field(default_factory=Counter)
     samples: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    answered_at: dict[int, float] = field(default_factory=dict)  # key -> when wrk had the answer (monotonic)
     wall_seconds: float = 0.0
     cpu: CpuUse | None = None
     wrk: dict[str, Any] = field(default_factory=dict)
@@ -427,6 +430,7 @@ async def run_wrk(name: str, planned: list[Planned], expect: int, target: Target
         answered = thread["answered"] - thread["fillers"]
         result.answered += answered
         result.latencies_ms.extend(thread["latencies_ms"])
+        result.answered_at.update({int(key): at for key, at in thread.get("ends", {}).items()})
         wrong = sum(thread["statuses"].values())
         for status, count in thread["statuses"].items():
             result.failures[f"HTTP {status}"] += count
@@ -456,6 +460,7 @@ class SSEWatcher(asyncio.Protocol):
         self.port = int(port)
         self.token = token
         self.arrivals: dict[str, float] = {}    # booking id -> delay in ms (first arrival)
+        self.arrived_at: dict[str, float] = {}  # booking id -> time.monotonic() of its first arrival
         self.duplicates = 0
         self.reconnects = 0
         self.last_id: str | None = None
@@ -563,6 +568,7 @@ class SSEWatcher(asyncio.Protocol):
             self.duplicates += 1
         else:
             self.arrivals[data["id"]] = (now - committed) * 1000
+            self.arrived_at[data["id"]] = time.monotonic()
             if self.waiting_for:
                 self.waiting_for.discard(data["id"])
                 if not self.waiting_for:
@@ -600,6 +606,7 @@ class SSEResult:
     duplicates: int
     reconnects: int
     error: str | None
+    after_answer_ms: list[float] = field(default_factory=list)  # arrival - the confirm's answer at wrk
 
     @property
     def ok(self) -> bool:
@@ -610,7 +617,9 @@ class SSEResult:
                 "reconnects": self.reconnects, "error": self.error,
                 "p50_ms": round(percentile(self.delays_ms, 0.5), 2),
                 "p99_ms": round(percentile(self.delays_ms, 0.99), 2),
-                "max_ms": round(max(self.delays_ms, default=0.0), 2)}
+                "max_ms": round(max(self.delays_ms, default=0.0), 2),
+                "after_answer_p50_ms": round(percentile(self.after_answer_ms, 0.5), 2),
+                "after_answer_p99_ms": round(percentile(self.after_answer_ms, 0.99), 2)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -694,13 +703,21 @@ async def measure(target: Target, wrk: str, args: argparse.Namespace
             planned = confirms(measured)
             expected = [p.path.split("/")[3] for p in planned]
             watcher.expect(expected)
-            results.append(await run_wrk("confirm", planned, 200, target, wrk, args))
+            confirmed = await run_wrk("confirm", planned, 200, target, wrk, args)
+            results.append(confirmed)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watcher.all_arrived.wait(), args.sse_wait)
         finally:
             watcher.close()
         delays = [watcher.arrivals[b] for b in expected if b in watcher.arrivals]
-        sse = SSEResult(len(expected), len(delays), delays, watcher.duplicates, watcher.reconnects, watcher.error)
+        # After its answer: both clocks are CLOCK_MONOTONIC. The answer leaves right after the COMMIT,
+        # so this is the relay's part, with the event loop's queueing left out (negative: the event
+        # came first).
+        arrived = {p.key: watcher.arrived_at.get(p.path.split("/")[3]) for p in planned}
+        after_answer = [(at - confirmed.answered_at[key]) * 1000 for key, at in arrived.items()
+                        if at is not None and key in confirmed.answered_at]
+        sse = SSEResult(len(expected), len(delays), delays, watcher.duplicates, watcher.reconnects, watcher.error,
+                        after_answer)
         return fixture, results, sse, problems
 
 
@@ -741,6 +758,10 @@ def report(engine: str, args: argparse.Namespace, fixture: Fixture, results: lis
                f"p50 {percentile(sse.delays_ms, 0.5):.1f} ms, p99 {percentile(sse.delays_ms, 0.99):.1f} ms, "
                f"max {max(sse.delays_ms, default=0.0):.1f} ms; {sse.duplicates} duplicates, "
                f"{sse.reconnects} reconnects")
+    out.append(f"answer -> SSE delivery (the same events, from the moment wrk had the confirm's answer, sent after"
+               f" the COMMIT, to the event's arrival; negative: the event came first; {len(sse.after_answer_ms)}"
+               f" matched): p50 {percentile(sse.after_answer_ms, 0.5):.1f} ms, p99"
+               f" {percentile(sse.after_answer_ms, 0.99):.1f} ms, max {max(sse.after_answer_ms, default=0.0):.1f} ms")
     for r in results:
         if r.failures:
             kinds = ", ".join(f"{k} x{v}" for k, v in r.failures.most_common())

@@ -62,6 +62,11 @@ class Relay:
         self._deleted: dict[uuid.UUID, int] = {}
         self._reads = 0
         self._deleter: asyncio.Task[None] | None = None
+        # Job rows handed to the job lane and not yet sent: skipped by reads until they are.
+        self._sending: set[uuid.UUID] = set()
+        self._job_lane: asyncio.Task[None] | None = None  # the last batch of jobs handed on
+        self._lane_broken = False  # a batch failed: later ones step aside until the lane is idle
+        self._lane_failures = 0
         self.relayed = 0
         self.woken = False  # set by `wake`, for processes that drain after their own work (workers)
 
@@ -100,7 +105,7 @@ class Relay:
             last = time.monotonic()
             self._wake.clear()
             try:
-                await self.drain()
+                await self.drain(wait_for_jobs=False)
                 failures = 0
             except Exception as exc:  # Redis or the database is away: the rows wait, we retry soon
                 log.warning("outbox relay: %s: %s; retrying", type(exc).__name__, exc)
@@ -108,14 +113,24 @@ class Relay:
                 failures += 1
                 self._wake.set()
 
-    async def drain(self) -> int:
-        """Carry out every row there is now, oldest first; how many went out.
+    async def drain(self, wait_for_jobs: bool = True) -> int:
+        """Carry out every row there is now, oldest first; how many went out (or, with
+        `wait_for_jobs` False, were handed on: see `_hand_jobs`).
 
         Rows that went out are deleted by the next change committed in this process (in its own
         transaction: `take_deletions`), or else by a task of their own a moment later — never by the
         drain, whose next batch would wait for the write (on SQLite, behind every request's
         transaction). Until they are deleted, their keys are remembered here and skipped."""
         self.woken = False
+        failures = self._lane_failures
+        total = await self._drain()
+        if wait_for_jobs and self._job_lane is not None:
+            await asyncio.shield(self._job_lane)
+            if self._lane_failures != failures:
+                raise RuntimeError("outbox relay: jobs could not be sent; their rows wait to be read again")
+        return total
+
+    async def _drain(self) -> int:
         async with self._lock:
             total = 0
             while True:
@@ -124,17 +139,13 @@ class Relay:
                 rows = await OutboxEntry.select(OutboxEntry.id, OutboxEntry.key, OutboxEntry.payload).order_by(
                     OutboxEntry.id).limit(BATCH + len(self._to_delete) + len(self._deleting) + len(self._deleted)).run(
                     node=self.node)
-                skip = self._to_delete | self._deleting | self._deleted.keys()
+                skip = self._to_delete | self._deleting | self._sending | self._deleted.keys()
                 rows = [row for row in rows if row["key"] not in skip][:BATCH]
                 # this read started after those deletions: later reads cannot return those rows
                 self._deleted = {i: n for i, n in self._deleted.items() if n > read}
                 if rows:
-                    await self._carry_out(rows)
-                    self._to_delete.update(row["key"] for row in rows)
-                    total += len(rows)
-                    self.relayed += len(rows)
-                if self._to_delete and (self._deleter is None or self._deleter.done()):
-                    self._deleter = asyncio.create_task(self._delete_later(), name="outbox-delete")
+                    total += await self._carry_out(rows)
+                self._schedule_delete()
                 if len(rows) < BATCH:
                     return total
 
@@ -159,23 +170,66 @@ class Relay:
         finally:
             self.deleted(keys, committed)
 
-    async def _carry_out(self, rows: list[dict[str, Any]]) -> None:
+    def _schedule_delete(self) -> None:
+        if self._to_delete and (self._deleter is None or self._deleter.done()):
+            self._deleter = asyncio.create_task(self._delete_later(), name="outbox-delete")
+
+    async def _carry_out(self, rows: list[dict[str, Any]]) -> int:
+        """Publish the events of `rows` and hand their jobs to the job lane; how many rows that was."""
         publications: list[Publication | dict[str, str]] = []
+        published: list[uuid.UUID] = []
+        job_keys: list[uuid.UUID] = []
         jobs: list[JobEntry | CancelJobEntry] = []
         for row in rows:
             entry = decode(row["payload"])
             if isinstance(entry, EventEntry):
                 publications.append(Publication(entry.type, entry.channels, entry.data, entry.occurred_at,
                                                 dedup_key(row["key"])))
+                published.append(row["key"])
             elif isinstance(entry, ControlEntry):
                 publications.append(entry.message)
-            else:
+                published.append(row["key"])
+            elif not self._lane_broken:  # while it is, job rows wait to be read again, in order
                 jobs.append(entry)
-        # Two round trips at once: the events on the bus's connection, the jobs on RQ's (synchronous).
-        await asyncio.gather(
-            self.bus.publish_all(publications) if publications else asyncio.sleep(0),
-            asyncio.to_thread(_send_jobs, self.jobs, jobs) if jobs else asyncio.sleep(0),
-        )
+                job_keys.append(row["key"])
+        if jobs:
+            self._hand_jobs(job_keys, jobs)
+        if publications:
+            await self.bus.publish_all(publications)
+            self._to_delete.update(published)
+            self.relayed += len(published)
+        return len(published) + len(jobs)
+
+    def _hand_jobs(self, keys: list[uuid.UUID], entries: list[JobEntry | CancelJobEntry]) -> None:
+        """Send `entries` after the batches handed on before, without holding up the drain.
+
+        Making RQ jobs takes a thread and milliseconds of CPU per job; the next drain's events must not
+        wait for that. The lane keeps the jobs in row order (a reminder's schedule before its
+        cancellation). If a batch fails, the ones queued behind it step aside too, and all their rows
+        are read again — in order — once the lane is idle."""
+        self._sending.update(keys)
+        self._job_lane = asyncio.create_task(self._send_in_turn(self._job_lane, keys, entries), name="outbox-jobs")
+
+    async def _send_in_turn(self, previous: asyncio.Task[None] | None, keys: list[uuid.UUID],
+                            entries: list[JobEntry | CancelJobEntry]) -> None:
+        try:
+            if previous is not None:
+                await previous  # never raises: failures are handled below
+            if not self._lane_broken:
+                await asyncio.to_thread(_send_jobs, self.jobs, entries)
+                self._to_delete.update(keys)
+                self.relayed += len(keys)
+                self._schedule_delete()
+        except Exception as exc:  # Redis is away: the rows stay, and are read again
+            self._lane_broken = True
+            self._lane_failures += 1
+            log.warning("outbox relay could not send %d jobs: %s: %s; retrying", len(keys), type(exc).__name__, exc)
+        finally:
+            self._sending.difference_update(keys)
+            if self._job_lane is asyncio.current_task() and self._lane_broken:  # the last one: start again
+                self._lane_broken = False
+                await asyncio.sleep(RETRY_SECONDS[0])
+                self._wake.set()
 
 
 def _send_jobs(queue: JobQueue, entries: list[JobEntry | CancelJobEntry]) -> None:
