@@ -29,6 +29,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from litestar.connection import ASGIConnection
 
+from app.db.prepared import Prepared
 from app.db.tables import User
 from app.errors import PermissionDenied, ServiceUnavailable, Unauthorized
 from app.settings import Settings
@@ -241,15 +242,19 @@ def forget_account(user_id: uuid.UUID | None) -> None:
         _accounts.pop(user_id, None)
 
 
+_account_row = Prepared(User, lambda user_id: User.select(
+    User.id, User.role, User.email, User.name, User.active, User.tokens_valid_after).where(User.id == user_id),
+    uuid.UUID)
+
+
 async def _account(user_id: uuid.UUID) -> _Account | None:
     account = _accounts.get(user_id)
     if account is not None and time.monotonic() - account.read_at < ACCOUNT_MEMORY_SECONDS:
         return account
-    row = await User.select(User.id, User.role, User.email, User.name, User.active, User.tokens_valid_after).where(
-        User.id == user_id
-    ).first()
-    if row is None:
+    rows = await _account_row(user_id)
+    if not rows:
         return None
+    row = rows[0]
     valid_after = row["tokens_valid_after"]
     account = _Account(AuthUser(id=row["id"], role=row["role"], email=row["email"], name=row["name"]),
                        row["active"], valid_after.timestamp() if valid_after else None, time.monotonic())
