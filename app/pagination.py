@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -17,6 +18,7 @@ from litestar.params import Parameter
 from piccolo.query import Select
 from piccolo.table import Table
 
+from app.db.prepared import Prepared
 from app.errors import BadRequest
 
 T = TypeVar("T")
@@ -62,6 +64,21 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise BadRequest(_UNREADABLE, errors=[{"field": "cursor", "message": "unreadable cursor"}]) from None
 
 
+def _after(query: Select, column: Any, row_id: Any, after_time: Any, after_id: Any, newest_first: bool) -> Select:
+    """`query` limited to the rows after the position `(after_time, after_id)`, in page order."""
+    if newest_first:
+        return query.where((column < after_time) | ((column == after_time) & (row_id < after_id)))
+    return query.where((column > after_time) | ((column == after_time) & (row_id > after_id)))
+
+
+def _page(rows: list[dict[str, Any]], limit: int, column: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of `rows` (read with one row more than `limit`) and the next cursor."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1][column._meta.name], rows[-1]["id"])
+
+
 async def keyset_page(
     query: Select, table: type[Table], limit: int, cursor: str | None, newest_first: bool = False,
     order_by: Any = None,
@@ -72,13 +89,41 @@ async def keyset_page(
     column: Any = order_by if order_by is not None else table.created_at  # type: ignore[attr-defined]
     row_id: Any = table.id  # type: ignore[attr-defined]
     if cursor:
-        after_time, after_id = decode_cursor(cursor)
-        if newest_first:
-            query = query.where((column < after_time) | ((column == after_time) & (row_id < after_id)))
-        else:
-            query = query.where((column > after_time) | ((column == after_time) & (row_id > after_id)))
+        query = _after(query, column, row_id, *decode_cursor(cursor), newest_first)
     rows = await query.order_by(column, row_id, ascending=not newest_first).limit(limit + 1)
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    return rows, encode_cursor(rows[-1][column._meta.name], rows[-1]["id"])
+    return _page(rows, limit, column)
+
+
+Condition = tuple[str, Callable[[Any], Any], type, Any]
+"""A filter of `prepared_page`: its name, the condition made of a value, the value's type, the value."""
+_page_queries: dict[tuple[Any, ...], Prepared] = {}
+MAX_PAGE_QUERIES = 512  # shapes (filters present, limit) kept per process
+
+
+async def prepared_page(table: type[Table], conditions: list[Condition], limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """`keyset_page` over the rows of `table` that meet `conditions`, oldest first, as a prepared
+    query (app/db/prepared.py): its SQL is built once per combination of filters and limit."""
+    column: Any = table.created_at  # type: ignore[attr-defined]
+    row_id: Any = table.id  # type: ignore[attr-defined]
+    values = [value for *_, value in conditions]
+    if cursor:
+        values += decode_cursor(cursor)
+    shape = (table, tuple(name for name, *_ in conditions), bool(cursor), limit)
+    prepared = _page_queries.get(shape)
+    if prepared is None:
+        makers = [make for _, make, _, _ in conditions]
+
+        def build(*params: Any) -> Select:
+            query = table.select()
+            for make, param in zip(makers, params, strict=False):
+                query = query.where(make(param))
+            if cursor:
+                query = _after(query, column, row_id, params[-2], params[-1], False)
+            return query.order_by(column, row_id).limit(limit + 1)
+
+        kinds = [kind for _, _, kind, _ in conditions] + ([datetime, uuid.UUID] if cursor else [])
+        if len(_page_queries) >= MAX_PAGE_QUERIES:
+            _page_queries.clear()
+        prepared = _page_queries[shape] = Prepared(table, build, *kinds)
+    return _page(await prepared(*values), limit, column)

@@ -29,7 +29,7 @@ from app.db.transactions import for_update, lock_row
 from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
 from app.idempotency import Remember
-from app.pagination import keyset_page
+from app.pagination import Condition, keyset_page, prepared_page
 from app.resources.capacity import HOLDS_SEATS, Interval, peak_seats
 from app.resources.seats import availability_from, seat_holders
 from app.security import AuthUser
@@ -192,20 +192,20 @@ async def list_bookings(
     to: datetime | None, limit: int, cursor: str | None,
 ) -> tuple[list[BookingRead], str | None]:
     """The caller's bookings (a provider's: those on their resources; an admin's: all)."""
-    query = Booking.select()
+    conditions: list[Condition] = []
     if user.role == "customer":
-        query = query.where(Booking.customer_id == user.id)
+        conditions.append(("customer", lambda v: Booking.customer_id == v, uuid.UUID, user.id))
     elif user.role == "provider":
-        query = query.where(Booking.owner_id == user.id)
+        conditions.append(("owner", lambda v: Booking.owner_id == v, uuid.UUID, user.id))
     if status is not None:
-        query = query.where(Booking.status == status)
+        conditions.append(("status", lambda v: Booking.status == v, str, status))
     if resource_id is not None:
-        query = query.where(Booking.resource_id == resource_id)
+        conditions.append(("resource", lambda v: Booking.resource_id == v, uuid.UUID, resource_id))
     if from_ is not None:
-        query = query.where(Booking.ends_at > to_utc(from_, "from"))
+        conditions.append(("from", lambda v: Booking.ends_at > v, datetime, to_utc(from_, "from")))
     if to is not None:
-        query = query.where(Booking.starts_at < to_utc(to, "to"))
-    rows, next_cursor = await keyset_page(query, Booking, limit, cursor)
+        conditions.append(("to", lambda v: Booking.starts_at < v, datetime, to_utc(to, "to")))
+    rows, next_cursor = await prepared_page(Booking, conditions, limit, cursor)
     return [to_booking_read(r) for r in rows], next_cursor
 
 
