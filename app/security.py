@@ -131,9 +131,9 @@ class TokenCodec:
 
         A token verified once is remembered (`VERIFIED_TOKENS_KEPT` of them) until it expires: a
         client sends the same token with every request, and checking its signature and claims again
-        cost a tenth of an authenticated read. Only what is already valid is kept (its `iat` and
-        `nbf` have passed, so they stay passed); `exp` is checked on every use. The claims returned
-        are shared: callers must not change them."""
+        cost a tenth of an authenticated read. Stream tokens (one per connection) are not kept. Only
+        what is already valid is kept (its `iat` and `nbf` have passed, so they stay passed); `exp`
+        is checked on every use. The claims returned are shared: callers must not change them."""
         known = self._verified.get(token)
         if known is not None:
             if known["exp"] > time.time():
@@ -141,6 +141,8 @@ class TokenCodec:
             del self._verified[token]
             raise Unauthorized("The token has expired; sign in again.")
         claims = self._verify(token)
+        if token_kind(claims) == "stream":
+            return claims  # made for one connection, used once or twice: remembering it only costs memory
         if len(self._verified) >= VERIFIED_TOKENS_KEPT:
             del self._verified[next(iter(self._verified))]  # the oldest remembered
         self._verified[token] = claims

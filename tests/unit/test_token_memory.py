@@ -46,3 +46,9 @@ def test_the_memory_is_bounded(codec: TokenCodec, monkeypatch: pytest.MonkeyPatc
     for token in tokens:
         codec.decode(token)
     assert list(codec._verified) == tokens[2:]
+
+
+def test_stream_tokens_are_not_remembered(codec: TokenCodec) -> None:
+    token = codec.stream_token(uuid.uuid4(), "customer")
+    codec.decode(token)
+    assert token not in codec._verified  # one per connection: 10,000 streams must not keep 10,000 tokens
