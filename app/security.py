@@ -81,8 +81,8 @@ MAX_SERVICE_TOKEN_SECONDS = 366 * 86400
 """The longest life accepted for a service token."""
 
 TokenKind = Literal["access", "stream", "service"]
-VERIFIED_TOKENS_KEPT = 10_000
-"""How many verified tokens one process remembers (a few MB at most)."""
+VERIFIED_TOKENS_KEPT = 1_000
+"""How many verified tokens one process remembers: its busiest clients (about 1.2 KB each)."""
 
 
 class TokenCodec:
@@ -101,7 +101,7 @@ class TokenCodec:
             "stream": max(MAX_USER_TOKEN_SECONDS, self.stream_ttl),
             "service": MAX_SERVICE_TOKEN_SECONDS,
         }
-        self._verified: dict[str, dict[str, Any]] = {}  # token -> its claims, oldest first (see decode)
+        self._verified: dict[str, dict[str, Any]] = {}  # token -> its claims, least recently used first
 
     def ensure_can_mint(self) -> None:
         """503 when only a public key is configured (tokens then come from an identity provider)."""
@@ -134,17 +134,17 @@ class TokenCodec:
         cost a tenth of an authenticated read. Stream tokens (one per connection) are not kept. Only
         what is already valid is kept (its `iat` and `nbf` have passed, so they stay passed); `exp`
         is checked on every use. The claims returned are shared: callers must not change them."""
-        known = self._verified.get(token)
+        known = self._verified.pop(token, None)
         if known is not None:
             if known["exp"] > time.time():
+                self._verified[token] = known  # now the most recently used: the last to be forgotten
                 return known
-            del self._verified[token]
             raise Unauthorized("The token has expired; sign in again.")
         claims = self._verify(token)
         if token_kind(claims) == "stream":
             return claims  # made for one connection, used once or twice: remembering it only costs memory
         if len(self._verified) >= VERIFIED_TOKENS_KEPT:
-            del self._verified[next(iter(self._verified))]  # the oldest remembered
+            del self._verified[next(iter(self._verified))]  # the least recently used
         self._verified[token] = claims
         return claims
 

@@ -43,9 +43,12 @@ def test_a_refused_token_is_not_remembered(codec: TokenCodec) -> None:
 def test_the_memory_is_bounded(codec: TokenCodec, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(security, "VERIFIED_TOKENS_KEPT", 3)
     tokens = [codec.mint(uuid.uuid4(), "customer", 60) for _ in range(5)]
-    for token in tokens:
+    for token in tokens[:3]:
         codec.decode(token)
-    assert list(codec._verified) == tokens[2:]
+    codec.decode(tokens[0])  # used again: now the most recent
+    for token in tokens[3:]:
+        codec.decode(token)
+    assert list(codec._verified) == [tokens[0], tokens[3], tokens[4]]
 
 
 def test_stream_tokens_are_not_remembered(codec: TokenCodec) -> None:
