@@ -85,7 +85,8 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
         app.state.update(redis=redis, hub=hub, bus=bus, presence=presence, effects=effects)
         ready = asyncio.Event()
         tasks = [
-            asyncio.create_task(bus.follow(hub.dispatch, _on_control(hub), ready), name="bus-follow"),
+            asyncio.create_task(bus.follow(hub.dispatch, _on_control(hub), ready, hub.dispatch_ephemeral),
+                                name="bus-follow"),
             asyncio.create_task(hub.run_ticker(), name="hub-ticker"),
             asyncio.create_task(effects.relay.run(), name="outbox-relay"),
             asyncio.create_task(_every(REFRESH_SECONDS, presence.publish_counts), name="presence"),

@@ -61,7 +61,8 @@ _locked_booking_row = Prepared(Booking, lambda booking_id: for_update(
 """The booking's row, held until commit (racing actions queue here and see each other's result)."""
 
 
-async def _load_visible_booking(user: AuthUser, booking_id: uuid.UUID) -> dict[str, Any]:
+async def visible_booking(user: AuthUser, booking_id: uuid.UUID) -> dict[str, Any]:
+    """The booking's row if the caller is its customer, its (current) owner or an admin, else 404."""
     rows = await _booking_row(booking_id)
     if not rows or not relations(user, rows[0]):
         raise NotFound("No booking with this id.")
@@ -184,7 +185,7 @@ async def create_booking(
 
 
 async def get_booking(user: AuthUser, booking_id: uuid.UUID) -> BookingRead:
-    return to_booking_read(await _load_visible_booking(user, booking_id))
+    return to_booking_read(await visible_booking(user, booking_id))
 
 
 async def list_bookings(
@@ -213,7 +214,7 @@ async def reminders(
     user: AuthUser, booking_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[ReminderRead], str | None]:
     """One page of the reminders of a booking the caller may see, soonest due first."""
-    await _load_visible_booking(user, booking_id)
+    await visible_booking(user, booking_id)
     query = Reminder.select().where(Reminder.booking_id == booking_id)
     rows, next_cursor = await keyset_page(query, Reminder, limit, cursor, order_by=Reminder.due_at)
     return [to_reminder_read(r) for r in rows], next_cursor
@@ -223,7 +224,7 @@ async def history(
     user: AuthUser, booking_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[HistoryEntry], str | None]:
     """One page of the history of a booking the caller may see, oldest first (it starts with `create`)."""
-    await _load_visible_booking(user, booking_id)
+    await visible_booking(user, booking_id)
     query = BookingHistory.select().where(BookingHistory.booking_id == booking_id)
     rows, next_cursor = await keyset_page(query, BookingHistory, limit, cursor, order_by=BookingHistory.at)
     return [HistoryEntry(**{name: r[name] for name in HistoryEntry.__struct_fields__}) for r in rows], next_cursor
@@ -259,7 +260,7 @@ async def transition(
     system when `user` is None (e.g. `expire` when a response deadline passes)."""
     found: dict[str, Any] | None
     if user is not None:
-        found = await _load_visible_booking(user, booking_id)
+        found = await visible_booking(user, booking_id)
         rel = relations(user, found)
         if not may_take(action, rel):
             raise PermissionDenied(f"You may not {action} this booking.")
@@ -291,7 +292,7 @@ async def update_booking(user: AuthUser, booking_id: uuid.UUID, data: BookingUpd
     if not reschedule and not isinstance(data.notes, str):
         raise Unprocessable.field("body", "send starts_at and/or ends_at to reschedule, or notes")
     action = "reschedule" if reschedule else "update"
-    row = await _load_visible_booking(user, booking_id)
+    row = await visible_booking(user, booking_id)
     rel = relations(user, row)
     if not may_take(action, rel):
         raise PermissionDenied(f"You may not {action} this booking.")

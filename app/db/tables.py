@@ -176,7 +176,47 @@ class IdempotencyRecord(Table, tablename="idempotency_keys"):
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
 
 
+class Conversation(Table, tablename="conversations"):
+    """A booking's conversation, once it has a message: where it stands (one row per booking)."""
+
+    booking_id = UUID(primary_key=True)  # the booking's id (bookings are never deleted)
+    last_seq = Integer(default=0)
+    """The `seq` of its newest message: messages are numbered 1, 2, ... in their booking, under its lock."""
+    last_message_at = Timestamptz(index=True)
+    """Most recent activity: conversations are listed newest first by it."""
+
+
+class Message(Table, tablename="messages"):
+    """One message of a booking's conversation."""
+
+    id = UUID(primary_key=True)
+    booking_id = ForeignKey(references=Booking, index=True)
+    seq = Integer()
+    """Its number in the booking's conversation: receipts ("read up to") compare these."""
+    sender_id = UUID(index=True)
+    body = Text()
+    folded = Text()
+    """`body.casefold()`: search ignores case the same way on SQLite and PostgreSQL."""
+    client_id = Varchar(length=64, null=True, default=None)
+    created_at = Timestamptz(index=True)
+    delivered_at = Timestamptz(null=True, default=None)
+    """When every other participant (admins aside) had received it."""
+    read_at = Timestamptz(null=True, default=None)
+
+
+class MessageReceipt(Table, tablename="message_receipts"):
+    """How far one user has received and read one booking's conversation (`seq` of the last
+    message), never moving backwards. Its id is derived from the booking and the user."""
+
+    id = UUID(primary_key=True)
+    booking_id = ForeignKey(references=Booking, index=True)
+    user_id = UUID(index=True)
+    delivered_seq = Integer(default=0)
+    read_seq = Integer(default=0)
+    updated_at = Timestamptz()
+
+
 ALL_TABLES: list[type[Table]] = [
     User, Resource, Booking, BookingHistory, Notification, EmailTemplate, EmailDelivery, Reminder, OutboxEntry,
-    IdempotencyRecord,
+    IdempotencyRecord, Conversation, Message, MessageReceipt,
 ]

@@ -7,6 +7,9 @@ same id to the stream of each of its channels (for cheap replay per connection),
 Because the script is atomic, pub/sub delivers events in id order. Every key shares the `{ev}` hash
 tag, so the script also runs on Redis Cluster.
 
+Ephemeral events (`publish_ephemeral`: typing indicators, presence) go over pub/sub alone: no id,
+no stream, no replay — a connection that is not open when one is published never sees it.
+
 Each API process holds exactly one pub/sub subscription (`follow`). If that connection drops —
 Redis restarted, or Redis closed a subscriber that fell 32 MB behind (`client-output-buffer-limit
 pubsub`) — it reconnects and catches up from the global stream before going live again, so nothing
@@ -39,6 +42,8 @@ GLOBAL_STREAM = KEY_PREFIX + "all"
 CHANNEL_STREAM_PATTERN = KEY_PREFIX + "ch:*"
 LIVE_CHANNEL = "bookwire:ev:live"
 CONTROL_CHANNEL = "bookwire:ev:control"
+EPHEMERAL_CHANNEL = "bookwire:ev:ephemeral"
+"""Events that only connections open at that moment receive (typing, presence): never stored, no id."""
 RESUBSCRIBED = "resubscribed"
 """The control message `follow` makes up when it (re)subscribes: control messages may have been
 missed while the subscription was down (they are not kept in a stream)."""
@@ -152,6 +157,12 @@ class EventBus:
             results: list[Any] = await pipe.execute()
         return results
 
+    async def publish_ephemeral(self, event_type: str, channels: list[str], data: Any) -> None:
+        """Hand an event to the connections open now on any API process: no id, never stored."""
+        raw = data if isinstance(data, msgspec.Raw) else msgspec.Raw(msgspec.json.encode(data))
+        await self.redis.publish(EPHEMERAL_CHANNEL, msgspec.json.encode(
+            ("", event_type, list(dict.fromkeys(channels)), now_rfc3339(), raw)))
+
     async def latest_id(self) -> str:
         """The id of the newest event, or `0-0` when there is none: a cursor meaning "from now on"."""
         rows: Any = await self.redis.xrevrange(GLOBAL_STREAM, count=1)
@@ -200,15 +211,16 @@ class EventBus:
 
     async def follow(
         self, deliver: Callable[[Event], None], control: Callable[[dict[str, str]], None],
-        ready: asyncio.Event | None = None,
+        ready: asyncio.Event | None = None, ephemeral: Callable[[Event], None] | None = None,
     ) -> None:
-        """Feed every event published from now on to `deliver`, in order, forever; survives Redis restarts."""
+        """Feed every event published from now on to `deliver`, in order, forever; survives Redis
+        restarts. Ephemeral events (id "") go to `ephemeral` as they come (none are caught up)."""
         last = await self.latest_id()
         delay = 0.1
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(LIVE_CHANNEL, CONTROL_CHANNEL)
+                await pubsub.subscribe(LIVE_CHANNEL, CONTROL_CHANNEL, EPHEMERAL_CHANNEL)
                 async for message in pubsub.listen():
                     if message["type"] == "subscribe":
                         # Also seen when redis-py silently reconnects and resubscribes after a short
@@ -225,6 +237,10 @@ class EventBus:
                         continue
                     if message["channel"] == CONTROL_CHANNEL.encode():
                         control(msgspec.json.decode(message["data"], type=dict[str, str]))
+                        continue
+                    if message["channel"] == EPHEMERAL_CHANNEL.encode():
+                        if ephemeral is not None:
+                            ephemeral(msgspec.json.decode(message["data"], type=Event))
                         continue
                     event_id, _, body = message["data"].partition(b"\n")
                     if id_key(event_id.decode()) <= id_key(last):

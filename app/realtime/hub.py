@@ -26,7 +26,7 @@ from prometheus_client import Histogram
 
 from app.errors import TooManyRequests
 from app.realtime.connection import ServerCycle, abort, write_now
-from app.realtime.events import Event, user_channel
+from app.realtime.events import Envelope, Event, control_frame, user_channel
 
 HEARTBEAT_FRAME = b": ping\n\n"
 TICK_SECONDS = 1.0
@@ -56,6 +56,7 @@ class Subscriber:
         "cycle",
         "deadline",
         "deadline_reason",
+        "ephemeral",
         "frames",
         "idle",
         "role",
@@ -82,6 +83,7 @@ class Subscriber:
         self.cycle = cycle
         self.idle = False  # the writer waits with nothing in flight, so a frame may go past it
         self.beat = 0  # heartbeat bucket
+        self.ephemeral: list[Envelope] | None = None  # a held long-poll's ephemeral events (SSE: frames)
         self._waiter: asyncio.Future[None] | None = None
 
     def push(self, event_id: str | None, frame: bytes) -> None:
@@ -218,6 +220,22 @@ class Hub:
                     continue
                 sub.push(event.id, frame)
                 self.delivered += 1
+
+    def dispatch_ephemeral(self, event: Event) -> None:
+        """Hand an ephemeral event (no id) to the matching connections open now, once each: a
+        stream gets a frame without an `id:` line, a held long-poll returns it with its batch."""
+        seen: set[Subscriber] = set()
+        for channel in event.channels:
+            for sub in [*self._by_user.get(channel, ()), *self._by_channel.get(channel, ())]:
+                if sub in seen or len(sub.frames) >= self.queue_size:
+                    continue
+                seen.add(sub)
+                envelope = Envelope(None, event.type, channel, event.occurred_at, event.data)
+                if sub.transport == "sse":
+                    sub.push(None, control_frame(envelope))
+                else:
+                    sub.ephemeral = [*(sub.ephemeral or ()), envelope]
+                    sub.wake()
 
     def _overflow(self, sub: Subscriber) -> None:
         """Too far behind: drop it (it reconnects and replays) rather than buffer without bound.

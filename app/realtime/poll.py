@@ -55,4 +55,6 @@ async def poll(bus: EventBus, hub: Hub, presence: Presence, user: AuthUser, chan
     finally:
         hub.remove(sub)
         await presence.closed("poll")
-    return PollResult(events=_envelopes(events, channels), cursor=events[-1].id if events else cursor)
+    # Ephemeral events that came while it was held: returned too, and they move no cursor.
+    return PollResult(events=[*_envelopes(events, channels), *(sub.ephemeral or ())],
+                      cursor=events[-1].id if events else cursor)

@@ -27,6 +27,8 @@ TTL_SECONDS = 30
 REFRESH_SECONDS = 10
 TRANSPORTS = ("sse", "poll")
 FLUSH_SECONDS = 0.05
+LAST_SEEN = f"{PREFIX}last_seen"
+"""Every user ever seen, scored by when they last were (kept: `last_seen_at` outlives being online)."""
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class Presence:
                     pipe.expire(self.process_key, TTL_SECONDS)
                 for role, users in seen.items():
                     pipe.zadd(f"{PREFIX}online:{role}", dict.fromkeys(users, now))
+                    pipe.zadd(LAST_SEEN, dict.fromkeys(users, now))
                 await pipe.execute()
         except Exception as exc:  # the periodic refresh writes the counts again
             log.warning("presence update failed: %s", exc)
@@ -89,6 +92,8 @@ class Presence:
             pipe.expire(self.process_key, TTL_SECONDS)
             for role, users in online.items():
                 pipe.zadd(f"{PREFIX}online:{role}", dict.fromkeys(users, now))
+                if users:
+                    pipe.zadd(LAST_SEEN, dict.fromkeys(users, now))
             for role in ROLES:
                 pipe.zremrangebyscore(f"{PREFIX}online:{role}", 0, now - TTL_SECONDS)
             await pipe.execute()
@@ -98,6 +103,13 @@ class Presence:
         if self._flush is not None:
             self._flush.cancel()
         await self.redis.delete(self.process_key)
+
+    async def last_seen(self, user_ids: list[str]) -> dict[str, float | None]:
+        """When each user was last seen online (Unix seconds), or None; online = within `TTL_SECONDS`."""
+        if not user_ids:
+            return {}
+        scores = await self.redis.zmscore(LAST_SEEN, user_ids)
+        return dict(zip(user_ids, scores, strict=True))
 
     async def snapshot(self) -> dict[str, dict[str, int]]:
         """`{"online": {role: users}, "streams": {transport: open connections}}` over all processes."""

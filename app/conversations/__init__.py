@@ -1,0 +1,1 @@
+"""Conversations between a booking's customer and owner: messages, receipts, typing."""
