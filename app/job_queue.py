@@ -27,7 +27,8 @@ FIRE_DUE_REMINDERS = "workers.jobs.fire_due_reminders"
 EXPIRE_BOOKING = "workers.jobs.expire_booking"
 SWEEP = "workers.jobs.sweep"
 CLEANUP = "workers.jobs.cleanup"
-JOB_NAMES = (SEND_EMAIL, FIRE_DUE_REMINDERS, EXPIRE_BOOKING, SWEEP, CLEANUP)
+EMAIL_UNREAD = "workers.jobs.email_unread"
+JOB_NAMES = (SEND_EMAIL, FIRE_DUE_REMINDERS, EXPIRE_BOOKING, SWEEP, CLEANUP, EMAIL_UNREAD)
 
 EMAIL_QUEUE = "email"
 DEFAULT_QUEUE = "default"
@@ -43,6 +44,11 @@ REMINDERS_JOB_PREFIX = "bookwire-reminders"
 def expiry_job_id(booking_id: object) -> str:
     """The one response-deadline job of a booking."""
     return f"bookwire-expire-{booking_id}"
+
+
+def unread_email_job_id(booking_id: object, user_id: object, seq: int) -> str:
+    """The unread-messages email of one recipient, planned when message `seq` was posted."""
+    return f"bookwire-unread-{booking_id}-{user_id}-{seq}"
 
 
 def email_job_id(delivery_id: object, attempt: int) -> str:

@@ -75,6 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reminder_customer_offsets: tuple[int, ...] = (10800,)
     email_retry_intervals: tuple[int, ...] = (10, 30, 60, 300, 900)
     email_send_timeout: int = 30
+    message_email_delay: int = 600
     """Longest one SMTP conversation may take; a send unfinished after it (worker killed) is retried."""
     sse_heartbeat_seconds: int = 15
     sse_max_age: int = 1800
@@ -217,6 +218,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             get("EMAIL_RETRY_INTERVALS") or "10s,30s,1m,5m,15m", "EMAIL_RETRY_INTERVALS"
         ),
         "email_send_timeout": parse_duration(get("EMAIL_SEND_TIMEOUT") or "30s", "EMAIL_SEND_TIMEOUT"),
+        "message_email_delay": parse_duration(get("MESSAGE_EMAIL_DELAY") or "10m", "MESSAGE_EMAIL_DELAY"),
         "sse_heartbeat_seconds": _int(get("SSE_HEARTBEAT_SECONDS") or "15", "SSE_HEARTBEAT_SECONDS", 1),
         "sse_max_age": parse_duration(get("SSE_MAX_AGE") or "30m", "SSE_MAX_AGE"),
         "sse_queue_size": _int(get("SSE_QUEUE_SIZE") or "1000", "SSE_QUEUE_SIZE", 1),

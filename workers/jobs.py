@@ -6,6 +6,7 @@ the second time.
 - send_email(*delivery_ids): app/email/delivery.py — claim, render, send, record; retry with backoff.
 - fire_due_reminders(): app/bookings/reminders.py — every reminder due by now, each at most once.
 - expire_booking(booking_id): app/bookings/expiry.py — a pending booking past its deadline expires.
+- email_unread(booking_id, user_id): app/conversations/unread.py — the unread-messages email, once.
 - sweep(), cleanup(): app/maintenance.py — re-enqueue lost jobs; trim history and old rows.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from app import maintenance
 from app.bookings import expiry, reminders
+from app.conversations import unread
 from app.email import delivery
 from workers import context
 
@@ -42,6 +44,12 @@ async def fire_due_reminders() -> None:
 async def expire_booking(booking_id: str) -> None:
     """Expire a booking still pending at its response deadline."""
     await expiry.expire_booking(context.current().effects, booking_id)
+
+
+@context.job
+async def email_unread(booking_id: str, user_id: str) -> None:
+    """Email a participant the messages they have not read (MESSAGE_EMAIL_DELAY after one came)."""
+    await unread.email_unread(context.current().effects, booking_id, user_id)
 
 
 @context.job

@@ -30,10 +30,13 @@ from app.db.tables import Booking, Conversation, Message, MessageReceipt, User
 from app.db.transactions import lock_row
 from app.effects import Effects
 from app.errors import Unprocessable
+from app.job_queue import EMAIL_UNREAD, unread_email_job_id
+from app.outbox.change import Change
 from app.pagination import decode_cursor, encode_cursor, keyset_page
 from app.realtime.events import user_channel
 from app.realtime.presence import TTL_SECONDS, Presence
 from app.security import AuthUser
+from app.settings import Settings
 
 CLIENT_ID_SECONDS = 24 * 3600  # a resent client_id within this returns the first message
 TYPING_SECONDS = 5  # `until` of a typing indicator
@@ -52,8 +55,35 @@ def _channels(booking: dict[str, Any], also: uuid.UUID) -> list[str]:
     return [user_channel(u) for u in dict.fromkeys([*participants(booking), also])]
 
 
-def _receipt_id(booking_id: uuid.UUID, user_id: uuid.UUID) -> uuid.UUID:
+def receipt_id(booking_id: uuid.UUID, user_id: uuid.UUID) -> uuid.UUID:
+    """The id of a user's receipt row in a booking's conversation (one per booking and user)."""
     return uuid.uuid5(_RECEIPTS, f"{booking_id}:{user_id}")
+
+
+def _new_receipt(booking_id: uuid.UUID, user_id: uuid.UUID, now: datetime, **values: Any) -> dict[str, Any]:
+    return {"id": receipt_id(booking_id, user_id), "booking_id": booking_id, "user_id": user_id,
+            "delivered_seq": 0, "read_seq": 0, "email_pending": False, "emailed_seq": 0, "updated_at": now, **values}
+
+
+async def plan_unread_emails(change: Change, settings: Settings, booking: dict[str, Any], sender: uuid.UUID, seq: int,
+                             now: datetime) -> None:
+    """After message `seq`: each other participant gets an unread-messages email MESSAGE_EMAIL_DELAY
+    later, unless one is planned already, or the last one listed messages they have not read yet
+    (no second email until they have read it). The email is decided when it is due
+    (app/conversations/unread.py): none if they read the messages meanwhile."""
+    for recipient in participants(booking):
+        if recipient == sender:
+            continue
+        row = await _receipt(booking["id"], recipient)
+        if row is None:
+            await insert_rows(MessageReceipt, [_new_receipt(booking["id"], recipient, now, email_pending=True)])
+        elif not row["email_pending"] and row["read_seq"] >= row["emailed_seq"]:
+            await MessageReceipt.update({MessageReceipt.email_pending: True}).where(
+                MessageReceipt.id == row["id"])
+        else:
+            continue
+        change.schedule(now + timedelta(seconds=settings.message_email_delay), EMAIL_UNREAD, str(booking["id"]),
+                        str(recipient), job_id=unread_email_job_id(booking["id"], recipient, seq))
 
 
 # ---- messages ------------------------------------------------------------------------------------
@@ -87,6 +117,7 @@ async def post_message(user: AuthUser, booking_id: uuid.UUID, data: MessageCreat
                 Conversation.booking_id == booking_id)
         message = to_message_read(row)
         change.publish("message.created", _channels(booking, user.id), message)
+        await plan_unread_emails(change, effects.settings, booking, user.id, seq, now)
     return message, True
 
 
@@ -119,10 +150,15 @@ async def _seq_of(booking_id: uuid.UUID, message_id: uuid.UUID | None, field: st
     return int(row["seq"])
 
 
+async def _receipt(booking_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any] | None:
+    row: dict[str, Any] | None = await MessageReceipt.select().where(
+        MessageReceipt.id == receipt_id(booking_id, user_id)).first()
+    return row
+
+
 async def _pointers(booking_id: uuid.UUID, user_id: uuid.UUID) -> tuple[int, int]:
     """(delivered, read) `seq` of a user's receipt in a conversation; (0, 0) before any."""
-    row = await MessageReceipt.select(MessageReceipt.delivered_seq, MessageReceipt.read_seq).where(
-        MessageReceipt.id == _receipt_id(booking_id, user_id)).first()
+    row = await _receipt(booking_id, user_id)
     return (row["delivered_seq"], row["read_seq"]) if row else (0, 0)
 
 
@@ -143,20 +179,20 @@ async def record_receipts(user: AuthUser, booking_id: uuid.UUID, data: ReceiptRe
         await lock_row(Booking, booking_id)
         delivered = await _seq_of(booking_id, data.delivered_up_to, "delivered_up_to")
         read = await _seq_of(booking_id, data.read_up_to, "read_up_to")
-        old_delivered, old_read = await _pointers(booking_id, user.id)
+        old = await _receipt(booking_id, user.id)
+        old_delivered, old_read = (old["delivered_seq"], old["read_seq"]) if old else (0, 0)
         new_read = max(old_read, read)
         new_delivered = max(old_delivered, delivered, new_read)
         if (new_delivered, new_read) == (old_delivered, old_read):
             return  # nothing moved: no write, no event
         now = datetime.now(UTC)
-        if (old_delivered, old_read) == (0, 0):
-            await insert_rows(MessageReceipt, [{"id": _receipt_id(booking_id, user.id), "booking_id": booking_id,
-                                                "user_id": user.id, "delivered_seq": new_delivered,
-                                                "read_seq": new_read, "updated_at": now}])
+        if old is None:
+            await insert_rows(MessageReceipt, [_new_receipt(booking_id, user.id, now, delivered_seq=new_delivered,
+                                                            read_seq=new_read)])
         else:
             await MessageReceipt.update({MessageReceipt.delivered_seq: new_delivered, MessageReceipt.read_seq: new_read,
                                          MessageReceipt.updated_at: now}).where(
-                MessageReceipt.id == _receipt_id(booking_id, user.id))
+                MessageReceipt.id == receipt_id(booking_id, user.id))
         if user.id in participants(booking):
             await _stamp(booking, user.id, new_delivered, new_read, now)
         change.publish("message.receipt", _channels(booking, user.id), {

@@ -213,6 +213,10 @@ class MessageReceipt(Table, tablename="message_receipts"):
     user_id = UUID(index=True)
     delivered_seq = Integer(default=0)
     read_seq = Integer(default=0)
+    email_pending = Boolean(default=False)
+    """An unread-messages email is planned (MESSAGE_EMAIL_DELAY after a message): no second one is."""
+    emailed_seq = Integer(default=0)
+    """The newest message the last unread-messages email listed: no other email until it is read."""
     updated_at = Timestamptz()
 
 

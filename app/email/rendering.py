@@ -24,7 +24,7 @@ TEMPLATE_KEYS = (
     "booking.created.customer", "booking.created.owner", "booking.confirmed.customer",
     "booking.rejected.customer", "booking.cancelled.customer", "booking.cancelled.owner",
     "booking.rescheduled.customer", "booking.rescheduled.owner", "booking.completed.customer",
-    "booking.expired.customer", "reminder.owner", "reminder.customer",
+    "booking.expired.customer", "reminder.owner", "reminder.customer", "message.unread",
 )
 _SUFFIX = {"subject": "subject.j2", "text": "txt.j2", "html": "html.j2"}
 
@@ -44,6 +44,8 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     },
     "reason": None,
     "reminder": {"offset_seconds": 3600, "starts_in": "1 hour"},
+    "messages": [{"sender": "Paula Provider", "sent_at_local": "2029-12-31 18:05", "body": "See you tomorrow!"}],
+    "unread": 1,
 }
 
 

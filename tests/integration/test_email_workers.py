@@ -9,7 +9,7 @@ before each test, so no job queued by another test (or another module) ever reac
   nobody); every message is multipart/alternative text + HTML with a Message-ID, the resource, the
   start in the resource's timezone, the booking id and `APP_URL/bookings/<id>`. The API only
   enqueues: with no worker running, deliveries stay `queued` and the sink stays empty.
-- Templates: the 12 defaults, overrides (used by the next email), preview, reset, and refusals
+- Templates: the 13 defaults, overrides (used by the next email), preview, reset, and refusals
   (undefined variables, Python internals) that store nothing; 403 for non-admins, 404 for unknown keys.
 - Simulation mode (no SMTP_HOST): one `.eml` per message in `$DATA_DIR/outbox/`, and a log line.
 - Failures: SMTP down or refusing (451, 550) retries on `EMAIL_RETRY_INTERVALS`; a server that comes
@@ -78,7 +78,7 @@ TEMPLATE_KEYS = {
     "booking.created.customer", "booking.created.owner", "booking.confirmed.customer",
     "booking.rejected.customer", "booking.cancelled.customer", "booking.cancelled.owner",
     "booking.rescheduled.customer", "booking.rescheduled.owner", "booking.completed.customer",
-    "booking.expired.customer", "reminder.owner", "reminder.customer",
+    "booking.expired.customer", "reminder.owner", "reminder.customer", "message.unread",
 }
 PARTS = ("subject", "text", "html")
 POLL_SECONDS = 0.2
@@ -516,9 +516,9 @@ def test_admin_templates_override_preview_reset_and_refusals(stack: Stack) -> No
 
     listed = admin.get("/v1/admin/email-templates")
     assert listed.status_code == 200, listed.text
-    assert listed.json()["next_cursor"] is None, listed.json()  # 12 keys fit the default page of 50
+    assert listed.json()["next_cursor"] is None, listed.json()  # 13 keys fit the default page of 50
     defaults = {t["key"]: t for t in listed.json()["items"]}
-    assert set(defaults) == TEMPLATE_KEYS and len(listed.json()["items"]) == 12, sorted(defaults)
+    assert set(defaults) == TEMPLATE_KEYS and len(listed.json()["items"]) == len(TEMPLATE_KEYS), sorted(defaults)
     for template in defaults.values():
         assert template["is_default"] is True and template["subject"].strip() and template["text"].strip(), template
         assert template["html"].strip(), template
