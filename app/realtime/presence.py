@@ -16,19 +16,45 @@ import asyncio
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
 from redis.asyncio import Redis
 
-from app.realtime.events import ROLES
+from app.db.tables import Booking
+from app.realtime.bus import EventBus
+from app.realtime.events import ROLES, user_channel
 from app.realtime.hub import Hub
 
 PREFIX = "bookwire:presence:"
 TTL_SECONDS = 30
 REFRESH_SECONDS = 10
+EXPIRE_SECONDS = 2  # how often the users gone offline are looked for
 TRANSPORTS = ("sse", "poll")
 FLUSH_SECONDS = 0.05
 LAST_SEEN = f"{PREFIX}last_seen"
 """Every user ever seen, scored by when they last were (kept: `last_seen_at` outlives being online)."""
+ONLINE = f"{PREFIX}online"
+"""The users online now (seen within `TTL_SECONDS`), scored by when they were last seen. Joining it
+and leaving it are the transitions `presence.changed` announces, each decided atomically in Redis,
+so one process announces each, and a reconnect within `TTL_SECONDS` announces nothing."""
+ACTIVE_STATUSES = ("pending", "confirmed", "checked_in")
+
+# Seen now: every user not yet in ONLINE came online (returned).
+_SEEN_LUA = """
+local came = {}
+for i = 2, #ARGV do
+  if redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i]) == 1 then came[#came + 1] = ARGV[i] end
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
+end
+return came
+"""
+# Not seen since ARGV[1]: they left ONLINE (returned with their last-seen time).
+_GONE_LUA = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES')
+for i = 1, #gone, 2 do redis.call('ZREM', KEYS[1], gone[i]) end
+return gone
+"""
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +62,12 @@ log = logging.getLogger(__name__)
 class Presence:
     """This process's share of the presence counts, and the sum over all processes."""
 
-    def __init__(self, redis: Redis, hub: Hub) -> None:
+    def __init__(self, redis: Redis, hub: Hub, bus: EventBus | None = None) -> None:
         self.redis = redis
         self.hub = hub
+        self.bus = bus  # where `presence.changed` goes (None: not announced)
+        self._seen_script = redis.register_script(_SEEN_LUA)
+        self._gone_script = redis.register_script(_GONE_LUA)
         self.process_key = f"{PREFIX}process:{uuid.uuid4()}"
         self._seen: dict[str, set[str]] = {}  # role -> ids seen since the last write
         self._counts_changed = False
@@ -75,8 +104,8 @@ class Presence:
                     pipe.expire(self.process_key, TTL_SECONDS)
                 for role, users in seen.items():
                     pipe.zadd(f"{PREFIX}online:{role}", dict.fromkeys(users, now))
-                    pipe.zadd(LAST_SEEN, dict.fromkeys(users, now))
                 await pipe.execute()
+            await self._seen_now([u for users in seen.values() for u in users], now)
         except Exception as exc:  # the periodic refresh writes the counts again
             log.warning("presence update failed: %s", exc)
 
@@ -92,11 +121,42 @@ class Presence:
             pipe.expire(self.process_key, TTL_SECONDS)
             for role, users in online.items():
                 pipe.zadd(f"{PREFIX}online:{role}", dict.fromkeys(users, now))
-                if users:
-                    pipe.zadd(LAST_SEEN, dict.fromkeys(users, now))
             for role in ROLES:
                 pipe.zremrangebyscore(f"{PREFIX}online:{role}", 0, now - TTL_SECONDS)
             await pipe.execute()
+        await self._seen_now([u for users in online.values() for u in users], now)
+
+    async def expire(self) -> None:
+        """Announce the users not seen for `TTL_SECONDS` as offline (every API process runs this
+        every `EXPIRE_SECONDS`; the script hands each such user to one of them)."""
+        gone: list[Any] = await self._gone_script(keys=[ONLINE], args=[time.time() - TTL_SECONDS])
+        for user_id, at in zip(gone[::2], gone[1::2], strict=True):
+            await self._announce(user_id.decode(), False, float(at))
+
+    async def _seen_now(self, user_ids: list[str], now: float) -> None:
+        """Record that these users were seen now, and announce those who were offline."""
+        if not user_ids:
+            return
+        came: list[bytes] = await self._seen_script(keys=[ONLINE, LAST_SEEN], args=[now, *user_ids])
+        for user_id in came:
+            await self._announce(user_id.decode(), True, now)
+
+    async def _announce(self, user_id: str, online: bool, seen_at: float) -> None:
+        """`presence.changed` to everyone who shares a pending, confirmed or checked-in booking with
+        the user: one ephemeral publish with all their channels, however many they are."""
+        if self.bus is None:
+            return
+        statuses = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
+        rows = await Booking.raw(
+            f"SELECT customer_id AS other FROM bookings WHERE owner_id = {{}} AND status IN ({statuses})"  # noqa: S608
+            f" UNION SELECT owner_id AS other FROM bookings WHERE customer_id = {{}} AND status IN ({statuses})",
+            uuid.UUID(user_id), uuid.UUID(user_id))
+        channels = [user_channel(row["other"]) for row in rows if str(row["other"]) != user_id]
+        if channels:
+            await self.bus.publish_ephemeral("presence.changed", channels, {
+                "user_id": user_id, "online": online,
+                "last_seen_at": datetime.fromtimestamp(seen_at, UTC).isoformat().replace("+00:00", "Z"),
+            })
 
     async def forget(self) -> None:
         """Remove this process's share (at shutdown)."""
