@@ -1,7 +1,8 @@
 """Periodic upkeep, run by the workers: the sweep that re-enqueues lost jobs, and the cleanup.
 
 - sweep: carry out outbox rows left behind (when no API process runs a relay), and re-enqueue work
-  whose job went missing (a killed worker, a Redis that lost its schedule).
+  whose job went missing (a killed worker, a Redis that lost its schedule): emails, reminders,
+  response deadlines, unread-messages emails.
 - cleanup: trim event history past retention, delete old fired reminders, read notifications and
   Idempotency-Key records past their 24 h.
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.db.tables import Booking, EmailDelivery, Notification, Reminder
+from app.db.tables import Booking, EmailDelivery, MessageReceipt, Notification, Reminder
 from app.effects import Effects
 from app.idempotency import forget_expired
 from app.job_queue import (
     CLEANUP,
     EMAIL_QUEUE,
+    EMAIL_UNREAD,
     EXPIRE_BOOKING,
     FIRE_DUE_REMINDERS,
     REMINDERS_JOB_PREFIX,
@@ -27,6 +29,7 @@ from app.job_queue import (
     JobQueue,
     email_job_id,
     expiry_job_id,
+    unread_email_job_id,
 )
 from app.realtime.bus import CHANNEL_STREAM_PATTERN, GLOBAL_STREAM
 
@@ -60,6 +63,11 @@ async def sweep(effects: Effects) -> None:
     for row in waiting:
         jobs.enqueue(SEND_EMAIL, str(row["id"]), job_id=email_job_id(row["id"], row["attempts"]) + "-sweep",
                      queue=EMAIL_QUEUE)
+    unread = await MessageReceipt.select(MessageReceipt.booking_id, MessageReceipt.user_id).where(
+        MessageReceipt.email_pending == True, MessageReceipt.email_due_at < late)  # noqa: E712
+    for row in unread:  # an unread-messages email whose job went missing
+        jobs.enqueue(EMAIL_UNREAD, str(row["booking_id"]), str(row["user_id"]),
+                     job_id=unread_email_job_id(row["booking_id"], row["user_id"], 0) + "-sweep")
     deadline: Any = Booking.resource_id.response_deadline_seconds  # a column of the joined resource
     pending = await Booking.select(Booking.id, Booking.created_at, deadline.as_alias("deadline")).where(
         Booking.status == "pending", deadline.is_not_null()

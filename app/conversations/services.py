@@ -62,7 +62,8 @@ def receipt_id(booking_id: uuid.UUID, user_id: uuid.UUID) -> uuid.UUID:
 
 def _new_receipt(booking_id: uuid.UUID, user_id: uuid.UUID, now: datetime, **values: Any) -> dict[str, Any]:
     return {"id": receipt_id(booking_id, user_id), "booking_id": booking_id, "user_id": user_id,
-            "delivered_seq": 0, "read_seq": 0, "email_pending": False, "emailed_seq": 0, "updated_at": now, **values}
+            "delivered_seq": 0, "read_seq": 0, "email_pending": False, "email_due_at": None, "emailed_seq": 0,
+            "updated_at": now, **values}
 
 
 async def plan_unread_emails(change: Change, settings: Settings, booking: dict[str, Any], sender: uuid.UUID, seq: int,
@@ -71,19 +72,21 @@ async def plan_unread_emails(change: Change, settings: Settings, booking: dict[s
     later, unless one is planned already, or the last one listed messages they have not read yet
     (no second email until they have read it). The email is decided when it is due
     (app/conversations/unread.py): none if they read the messages meanwhile."""
+    due = now + timedelta(seconds=settings.message_email_delay)
     for recipient in participants(booking):
         if recipient == sender:
             continue
         row = await _receipt(booking["id"], recipient)
         if row is None:
-            await insert_rows(MessageReceipt, [_new_receipt(booking["id"], recipient, now, email_pending=True)])
+            await insert_rows(MessageReceipt, [_new_receipt(booking["id"], recipient, now, email_pending=True,
+                                                            email_due_at=due)])
         elif not row["email_pending"] and row["read_seq"] >= row["emailed_seq"]:
-            await MessageReceipt.update({MessageReceipt.email_pending: True}).where(
+            await MessageReceipt.update({MessageReceipt.email_pending: True, MessageReceipt.email_due_at: due}).where(
                 MessageReceipt.id == row["id"])
         else:
             continue
-        change.schedule(now + timedelta(seconds=settings.message_email_delay), EMAIL_UNREAD, str(booking["id"]),
-                        str(recipient), job_id=unread_email_job_id(booking["id"], recipient, seq))
+        change.schedule(due, EMAIL_UNREAD, str(booking["id"]), str(recipient),
+                        job_id=unread_email_job_id(booking["id"], recipient, seq))
 
 
 # ---- messages ------------------------------------------------------------------------------------

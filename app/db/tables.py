@@ -215,6 +215,8 @@ class MessageReceipt(Table, tablename="message_receipts"):
     read_seq = Integer(default=0)
     email_pending = Boolean(default=False)
     """An unread-messages email is planned (MESSAGE_EMAIL_DELAY after a message): no second one is."""
+    email_due_at = Timestamptz(null=True, default=None)
+    """When the planned email is due: the sweep runs its job if the job went missing."""
     emailed_seq = Integer(default=0)
     """The newest message the last unread-messages email listed: no other email until it is read."""
     updated_at = Timestamptz()

@@ -137,8 +137,8 @@ class Relay:
                 read = self._reads
                 self._reads += 1
                 rows = await OutboxEntry.select(OutboxEntry.id, OutboxEntry.key, OutboxEntry.payload).order_by(
-                    OutboxEntry.id).limit(BATCH + len(self._to_delete) + len(self._deleting) + len(self._deleted)).run(
-                    node=self.node)
+                    OutboxEntry.id).limit(BATCH + len(self._to_delete) + len(self._deleting) + len(self._sending)
+                                          + len(self._deleted)).run(node=self.node)
                 skip = self._to_delete | self._deleting | self._sending | self._deleted.keys()
                 rows = [row for row in rows if row["key"] not in skip][:BATCH]
                 # this read started after those deletions: later reads cannot return those rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis
 import test_email_workers as email_workers
 from conftest import Actor
 from test_email_workers import Stack, Story, Transfer, eventually, open_shop
@@ -88,3 +89,19 @@ def test_messages_read_in_time_bring_no_email(stack: Stack) -> None:
     time.sleep(QUIET)
     assert unread_emails(sink, story.customer.email) == []
     assert unread_emails(sink, story.owner.email) == []
+
+
+def test_an_unread_email_whose_job_was_lost_is_sent_by_the_sweep(stack: Stack) -> None:
+    story, sink, bid = start(stack)
+    connection = redis.Redis.from_url(stack.redis_url)
+    say(story.customer, bid, "Anyone there?")
+
+    def planned() -> list[bytes]:
+        return [j for j in connection.zrange("rq:scheduler:scheduled_jobs", 0, -1) if j.startswith(b"bookwire-unread-")]
+
+    lost = eventually(planned, 10, "the unread email planned in rq-scheduler", stack)
+    connection.zrem("rq:scheduler:scheduled_jobs", *lost)  # as a Redis that lost its schedule would
+    connection.close()
+    # due in 2 s; the sweep runs every 10 s and takes a plan 3 s overdue
+    sent = eventually(lambda: unread_emails(sink, story.owner.email), 30, "the unread email, by the sweep", stack)
+    assert len(sent) == 1 and "Anyone there?" in text_of(sent[0])
