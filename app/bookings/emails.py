@@ -28,7 +28,8 @@ RECIPIENTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _local(moment: datetime, timezone: str) -> str:
+def local_time(moment: datetime, timezone: str) -> str:
+    """`2030-01-01 10:00`: `moment` on the clock of `timezone`, as emails show times."""
     return f"{moment.astimezone(ZoneInfo(timezone)):%Y-%m-%d %H:%M}"
 
 
@@ -48,8 +49,8 @@ def booking_context(
         "booking": {
             "id": str(booking.id), "status": booking.status, "seats": booking.seats, "notes": booking.notes,
             "starts_at": booking.starts_at.isoformat(), "ends_at": booking.ends_at.isoformat(),
-            "starts_at_local": _local(booking.starts_at, resource["timezone"]),
-            "ends_at_local": _local(booking.ends_at, resource["timezone"]),
+            "starts_at_local": local_time(booking.starts_at, resource["timezone"]),
+            "ends_at_local": local_time(booking.ends_at, resource["timezone"]),
             "price_cents": booking.price_cents, "currency": booking.currency,
         },
         "reason": reason,

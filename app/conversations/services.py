@@ -33,7 +33,7 @@ from app.errors import Unprocessable
 from app.job_queue import EMAIL_UNREAD, unread_email_job_id
 from app.outbox.change import Change
 from app.pagination import decode_cursor, encode_cursor, keyset_page
-from app.realtime.events import user_channel
+from app.realtime.events import rfc3339, user_channel
 from app.realtime.presence import TTL_SECONDS, Presence
 from app.security import AuthUser
 from app.settings import Settings
@@ -159,17 +159,17 @@ async def _receipt(booking_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any] 
     return row
 
 
-async def _pointers(booking_id: uuid.UUID, user_id: uuid.UUID) -> tuple[int, int]:
-    """(delivered, read) `seq` of a user's receipt in a conversation; (0, 0) before any."""
-    row = await _receipt(booking_id, user_id)
+def _pointers(row: dict[str, Any] | None) -> tuple[int, int]:
+    """(delivered, read) `seq` of a receipt row; (0, 0) before any."""
     return (row["delivered_seq"], row["read_seq"]) if row else (0, 0)
 
 
-async def _message_id(booking_id: uuid.UUID, seq: int) -> uuid.UUID | None:
+async def _message_id(booking_id: uuid.UUID, seq: int) -> str | None:
+    """The id (text) of message `seq` of a conversation; None for 0 (nothing)."""
     if seq == 0:
         return None
     row = await Message.select(Message.id).where(Message.booking_id == booking_id, Message.seq == seq).first()
-    return row["id"] if row else None
+    return str(row["id"]) if row else None
 
 
 async def record_receipts(user: AuthUser, booking_id: uuid.UUID, data: ReceiptRequest, effects: Effects) -> None:
@@ -183,7 +183,7 @@ async def record_receipts(user: AuthUser, booking_id: uuid.UUID, data: ReceiptRe
         delivered = await _seq_of(booking_id, data.delivered_up_to, "delivered_up_to")
         read = await _seq_of(booking_id, data.read_up_to, "read_up_to")
         old = await _receipt(booking_id, user.id)
-        old_delivered, old_read = (old["delivered_seq"], old["read_seq"]) if old else (0, 0)
+        old_delivered, old_read = _pointers(old)
         new_read = max(old_read, read)
         new_delivered = max(old_delivered, delivered, new_read)
         if (new_delivered, new_read) == (old_delivered, old_read):
@@ -200,9 +200,9 @@ async def record_receipts(user: AuthUser, booking_id: uuid.UUID, data: ReceiptRe
             await _stamp(booking, user.id, new_delivered, new_read, now)
         change.publish("message.receipt", _channels(booking, user.id), {
             "booking_id": str(booking_id), "user_id": str(user.id),
-            "delivered_up_to": str(await _message_id(booking_id, new_delivered) or "") or None,
-            "read_up_to": str(await _message_id(booking_id, new_read) or "") or None,
-            "at": now.isoformat().replace("+00:00", "Z"),
+            "delivered_up_to": await _message_id(booking_id, new_delivered),
+            "read_up_to": await _message_id(booking_id, new_read),
+            "at": rfc3339(now),
         })
 
 
@@ -212,7 +212,7 @@ async def _stamp(booking: dict[str, Any], reader: uuid.UUID, delivered: int, rea
     participants must have them) as far as both got."""
     booking_id = booking["id"]
     other = next(u for u in participants(booking) if u != reader)
-    other_delivered, other_read = await _pointers(booking_id, other)
+    other_delivered, other_read = _pointers(await _receipt(booking_id, other))
     for column, mine, theirs in ((Message.delivered_at, delivered, other_delivered),
                                  (Message.read_at, read, other_read)):
         await Message.update({column: now}).where(
@@ -237,7 +237,7 @@ async def typing(user: AuthUser, booking_id: uuid.UUID, effects: Effects) -> Non
     until = datetime.now(UTC) + timedelta(seconds=TYPING_SECONDS)
     others = [user_channel(u) for u in participants(booking) if u != user.id]
     await effects.bus.publish_ephemeral("conversation.typing", others, {
-        "booking_id": str(booking_id), "user_id": str(user.id), "until": until.isoformat().replace("+00:00", "Z"),
+        "booking_id": str(booking_id), "user_id": str(user.id), "until": rfc3339(until),
     })
 
 

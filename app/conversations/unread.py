@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from app.bookings.emails import booking_context
+from app.bookings.emails import booking_context, local_time
 from app.bookings.parties import booking_parties
 from app.bookings.schemas import to_booking_read
 from app.conversations.services import participants, receipt_id
@@ -50,17 +49,20 @@ async def email_unread(effects: Effects, booking_id: str, user_id: str) -> None:
         if not people[role]["active"]:
             return  # nothing is mailed to a deactivated account
         context = booking_context(read, resource, people, role, None, effects.settings.app_url)
-        context["messages"] = await _quoted(unread[-LISTED:], resource["timezone"])
+        context["messages"] = await _quoted(unread[-LISTED:], resource["timezone"], people)
         context["unread"] = len(unread)
         await queue_emails(change, effects.settings, [NewEmail(TEMPLATE, people[role]["email"], context, booking_key)])
         await MessageReceipt.update({MessageReceipt.emailed_seq: unread[-1]["seq"]}).where(
             MessageReceipt.id == receipt_id(booking_key, recipient))
 
 
-async def _quoted(messages: list[dict[str, Any]], timezone: str) -> list[dict[str, str]]:
-    """Each message as the template shows it: who sent it, when (the resource's time zone), what."""
-    senders = {u["id"]: u["name"] for u in await User.select(User.id, User.name).where(
-        User.id.is_in(list({m["sender_id"] for m in messages})))}
-    zone = ZoneInfo(timezone)
+async def _quoted(messages: list[dict[str, Any]], timezone: str,
+                  people: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """Each message as the template shows it: who sent it, when (the resource's time zone), what.
+    Senders are the participants (`people`), or admins, read here."""
+    senders = {person["id"]: person["name"] for person in people.values()}
+    admins = list({m["sender_id"] for m in messages} - senders.keys())
+    if admins:
+        senders |= {u["id"]: u["name"] for u in await User.select(User.id, User.name).where(User.id.is_in(admins))}
     return [{"sender": senders.get(m["sender_id"], "Bookwire support"), "body": m["body"],
-             "sent_at_local": f"{m['created_at'].astimezone(zone):%Y-%m-%d %H:%M}"} for m in messages]
+             "sent_at_local": local_time(m["created_at"], timezone)} for m in messages]

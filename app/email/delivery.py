@@ -15,8 +15,9 @@ import msgspec
 
 from app.db.tables import EmailDelivery, EmailTemplate, User
 from app.effects import Effects
-from app.email.rendering import TemplateProblem, default_template, render
+from app.email.rendering import TemplateProblem, render
 from app.email.sending import MaybeDelivered, Undeliverable, build_message, check_recipient, deliver
+from app.email.services import template_in_effect
 from app.job_queue import EMAIL_QUEUE, SEND_EMAIL, email_job_id
 from app.metrics import count_worker_event
 from app.realtime.events import role_channel
@@ -100,16 +101,14 @@ async def _claim(delivery_id: uuid.UUID, send_timeout: int) -> dict[str, Any] | 
 
 async def _recipient_and_template(to_address: str, key: str) -> tuple[bool, dict[str, str]]:
     """Whether `to_address` is a deactivated account's, and the template `key` in effect: one
-    read (the worker's path waits for each statement; see `effective_template` for the rule)."""
+    read (the worker's path waits for each statement)."""
     users, templates = User._meta.tablename, EmailTemplate._meta.tablename
     rows = await EmailTemplate.raw(
         f"SELECT t.subject, t.text, t.html, EXISTS (SELECT 1 FROM {users} u WHERE u.email = {{}} AND NOT u.active)"  # noqa: S608
         f" AS deactivated FROM (SELECT 1 AS one) AS one LEFT JOIN {templates} t ON t.key = {{}}",
         to_address.lower(), key)
     row = rows[0]
-    template = ({p: row[p] for p in ("subject", "text", "html")} if row["subject"] is not None
-                else default_template(key))
-    return bool(row["deactivated"]), template
+    return bool(row["deactivated"]), template_in_effect(key, row if row["subject"] is not None else None)
 
 
 async def _failed_attempt(effects: Effects, row: dict[str, Any], exc: Exception) -> None:

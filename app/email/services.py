@@ -21,7 +21,15 @@ import msgspec
 
 from app.db.prepared import insert_rows
 from app.db.tables import EmailDelivery, EmailTemplate
-from app.email.rendering import SAMPLE_CONTEXT, TEMPLATE_KEYS, TemplateProblem, check_template, default_template, render
+from app.email.rendering import (
+    PARTS,
+    SAMPLE_CONTEXT,
+    TEMPLATE_KEYS,
+    TemplateProblem,
+    check_template,
+    default_template,
+    render,
+)
 from app.email.schemas import DeliveryRead, TemplateRead, TemplateWrite
 from app.email.sending import new_message_id
 from app.errors import BadRequest, NotFound, Unprocessable
@@ -68,10 +76,14 @@ def _check_key(key: str) -> None:
         raise NotFound(f"No email template {key[:80]!r}; keys are: {', '.join(TEMPLATE_KEYS)}.")
 
 
+def template_in_effect(key: str, override: dict[str, Any] | None) -> dict[str, str]:
+    """The admin's override of `key` (a row with `subject`, `text`, `html`), else the shipped default."""
+    return {p: override[p] for p in PARTS} if override else default_template(key)
+
+
 async def effective_template(key: str) -> dict[str, str]:
-    """The admin's override of `key`, else the shipped default."""
-    row = await EmailTemplate.select().where(EmailTemplate.key == key).first()
-    return {p: row[p] for p in ("subject", "text", "html")} if row else default_template(key)
+    """The template `key` in effect."""
+    return template_in_effect(key, await EmailTemplate.select().where(EmailTemplate.key == key).first())
 
 
 def _to_template_read(key: str, row: dict[str, Any] | None) -> TemplateRead:

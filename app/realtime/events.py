@@ -51,8 +51,13 @@ def parse_event_id(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def rfc3339(moment: datetime) -> str:
+    """`moment` (aware) in UTC as RFC 3339 with `Z`, as every timestamp in an event is written."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return rfc3339(datetime.now(UTC))
 
 
 class Event(msgspec.Struct, frozen=True, array_like=True):

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from app.db.tables import Booking
 from app.realtime.bus import EventBus
-from app.realtime.events import ROLES, user_channel
+from app.realtime.events import ROLES, rfc3339, user_channel
 from app.realtime.hub import Hub
 
 PREFIX = "bookwire:presence:"
@@ -155,7 +155,7 @@ class Presence:
         if channels:
             await self.bus.publish_ephemeral("presence.changed", channels, {
                 "user_id": user_id, "online": online,
-                "last_seen_at": datetime.fromtimestamp(seen_at, UTC).isoformat().replace("+00:00", "Z"),
+                "last_seen_at": rfc3339(datetime.fromtimestamp(seen_at, UTC)),
             })
 
     async def forget(self) -> None:
