@@ -149,6 +149,7 @@ def _scenario(api_a: ApiOnPort, url_b: str, tmp_path: Path) -> None:
         answer = via_b.post("/v1/resources", headers=auth(owner), json={"name": "Browser room", "kind": "room"})
         assert answer.status_code == 201, answer.text
         resource_id = answer.json()["id"]
+        outbox_settled(via_b)  # resource.created goes out a moment after the answer: before the page's start
         answer = via_b.get("/v1/events/poll", headers=auth(customer))
         assert answer.status_code == 200, answer.text
         start_cursor = answer.json()["cursor"]
