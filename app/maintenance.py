@@ -48,10 +48,14 @@ async def sweep(effects: Effects) -> None:
     late = now - timedelta(seconds=3)
     if await Reminder.exists().where(Reminder.status == "scheduled", Reminder.due_at < late):
         jobs.enqueue(FIRE_DUE_REMINDERS, job_id=f"{REMINDERS_JOB_PREFIX}-sweep")
-    # A queued delivery waits at most the longest retry interval for its job; past that, the job is lost.
+    # A retry's job runs when it is due; 30 s past that, it is lost. (A delivery queued before
+    # next_attempt_at existed waits at most the longest retry interval.)
+    overdue = now - timedelta(seconds=30)
     forgotten = now - timedelta(seconds=max(effects.settings.email_retry_intervals or (0,)) + 30)
     lost = ((EmailDelivery.status == "sending") & (EmailDelivery.claimed_until < now)) | (
-        (EmailDelivery.status == "queued") & (EmailDelivery.updated_at < forgotten))
+        (EmailDelivery.status == "queued") & (EmailDelivery.next_attempt_at < overdue)) | (
+        (EmailDelivery.status == "queued") & EmailDelivery.next_attempt_at.is_null()
+        & (EmailDelivery.attempts > 0) & (EmailDelivery.updated_at < forgotten))
     if not jobs.connection.llen(f"rq:queue:{EMAIL_QUEUE}"):
         # Never tried, and no job waiting: the job that carried it (with the rest of its change's
         # emails) died with its worker while sending an earlier one. Older than one send's claim,

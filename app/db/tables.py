@@ -135,6 +135,9 @@ class EmailDelivery(Table, tablename="email_deliveries"):
     uncertain_attempts = Integer(default=0)
     """Attempts that may have delivered it without Bookwire knowing (the SMTP server took the message
     and then the reply was lost, or the worker died mid-send): at most one resend follows them."""
+    next_attempt_at = Timestamptz(null=True, default=None)
+    """When a failed attempt's retry is due: no attempt is made before it, however many jobs ask
+    (a relay carrying out the change's job row again, a sweep, a second worker)."""
 
 
 class Reminder(Table, tablename="reminders"):

@@ -78,21 +78,27 @@ def _still_ours(row: dict[str, Any]) -> Any:
 
 
 async def _claim(delivery_id: uuid.UUID, send_timeout: int) -> dict[str, Any] | None:
-    """Mark the delivery `sending` for one attempt, unless it is sent, failed, or claimed by a live
-    attempt. A claim expires after the send timeout, so a worker killed mid-send is retried — once
-    the SMTP conversation it was in can no longer complete. One statement when the delivery is
-    queued, as it nearly always is."""
+    """Mark the delivery `sending` for one attempt, unless it is sent, failed, claimed by a live
+    attempt, or waiting for a retry that is not due yet (a job that asks early — the change's own
+    job carried out again by a relay, say — does nothing; the retry's scheduled job comes later).
+    A claim expires after the send timeout, so a worker killed mid-send is retried — once the SMTP
+    conversation it was in can no longer complete. One statement when the delivery is queued, as it
+    nearly always is."""
     now = datetime.now(UTC)
     claim = EmailDelivery.update({
         EmailDelivery.status: "sending", EmailDelivery.attempts: EmailDelivery.attempts + 1,
         EmailDelivery.claimed_until: now + timedelta(seconds=send_timeout + 5), EmailDelivery.updated_at: now,
-    }).where(EmailDelivery.id == delivery_id, EmailDelivery.status == "queued").returning(*EmailDelivery.all_columns())
+        EmailDelivery.next_attempt_at: None,
+    }).where(EmailDelivery.id == delivery_id, EmailDelivery.status == "queued",
+             EmailDelivery.next_attempt_at.is_null() | (EmailDelivery.next_attempt_at <= now),
+             ).returning(*EmailDelivery.all_columns())
     rows = await claim
     if rows:
         return rows[0]
     # An expired claim: that attempt's worker died mid-send, or after the 250 and before recording it.
     expired = await EmailDelivery.update({
         EmailDelivery.status: "queued", EmailDelivery.uncertain_attempts: EmailDelivery.uncertain_attempts + 1,
+        EmailDelivery.next_attempt_at: None,
     }).where(EmailDelivery.id == delivery_id, EmailDelivery.status == "sending",
              EmailDelivery.claimed_until < now).returning(EmailDelivery.id)
     rows = await claim if expired else []
@@ -124,9 +130,11 @@ async def _failed_attempt(effects: Effects, row: dict[str, Any], exc: Exception)
     if uncertain >= MAX_UNCERTAIN_ATTEMPTS and not isinstance(exc, MaybeSentTwice):
         error = f"{error}; not sent again: {uncertain} attempts may each have delivered it"[:2000]
     quiet = isinstance(exc, RecipientDeactivated)  # by design: nothing for an admin to do
+    retry_at = None if give_up else now + timedelta(seconds=intervals[attempt - 1])
     async with effects.change() as change:  # the outcome and what it sets in motion, together
         recorded = await EmailDelivery.update({
             EmailDelivery.status: "failed" if give_up else "queued", EmailDelivery.last_error: error,
+            EmailDelivery.next_attempt_at: retry_at,
             EmailDelivery.updated_at: now, EmailDelivery.claimed_until: None,
             EmailDelivery.uncertain_attempts: EmailDelivery.uncertain_attempts + int(maybe_delivered),
         }).where(_still_ours(row)).returning(EmailDelivery.id)
@@ -138,8 +146,8 @@ async def _failed_attempt(effects: Effects, row: dict[str, Any], exc: Exception)
                 "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
                 "template_key": row["template_key"], "attempts": attempt, "error": error,
             })
-        elif not give_up:
-            change.schedule(now + timedelta(seconds=intervals[attempt - 1]), SEND_EMAIL, str(row["id"]),
+        elif retry_at is not None:
+            change.schedule(retry_at, SEND_EMAIL, str(row["id"]),
                             job_id=email_job_id(row["id"], attempt + 1), queue=EMAIL_QUEUE)
     if quiet:
         count_worker_event(effects.jobs.connection, "emails_failed")

@@ -48,3 +48,5 @@ class DeliveryRead(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    next_attempt_at: datetime | None = None
+    """When a queued delivery's retry is due (null: its first attempt, or none left to make)."""

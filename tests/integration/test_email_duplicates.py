@@ -16,6 +16,7 @@ module's own, and an aiosmtpd sink on 127.0.0.1 recording every message that cro
 - A server that refuses (451 to DATA, i.e. after the message was transmitted) twice and then
   accepts: retried as usual, one accepted copy, `sent` on the third attempt — a failure the server
   reported is certain, not counted towards the bound.
+- Jobs that ask for a delivery before its retry is due make no attempt.
 
 Every wait is bounded; every process and the sink are stopped by the `stack` fixture.
 """
@@ -32,6 +33,7 @@ from typing import Any
 import test_email_workers as email_workers
 from conftest import Actor
 from events import mark, poll
+from redis import Redis
 from test_email_workers import (
     SinkHandler,
     Stack,
@@ -43,6 +45,8 @@ from test_email_workers import (
     open_shop,
     sigkill_tree,
 )
+
+from app.job_queue import EMAIL_QUEUE, SEND_EMAIL, JobQueue
 
 # Its fixtures, offered to this module by name: a fresh Redis and data folder per test, stopped after.
 module_redis = email_workers.module_redis
@@ -233,3 +237,41 @@ def test_refused_then_accepted_sends_once(stack: Stack) -> None:
     assert Counter(t.accepted for t in handler.snapshot())[True] == len(items), "one accepted copy per email"
     events = admin_events_since(story.admin, cursor)
     assert not [e for e in events if e["type"] == "system.alert"], events
+
+
+def test_a_job_asking_before_the_retry_is_due_sends_nothing(stack: Stack) -> None:
+    """A delivery waiting for its retry gets `send_email` jobs early — a relay carrying out the
+    change's job row again, a sweep, an operator's requeue: none of them makes an attempt before
+    `next_attempt_at`; the scheduled retry, when due, makes the second attempt and sends it once."""
+    handler = SinkHandler(reply=lambda attempt: "451 try later" if attempt == 1 else "250 OK")
+    settings = email_settings(stack, handler)
+    settings["EMAIL_RETRY_INTERVALS"] = "4s"
+    story = open_shop(stack, settings)
+    stack.start("scheduler", settings, "scheduler.log")
+    stack.start("worker", settings, "worker.log")
+    booking = book(story.customer, story.resource["id"], 30)
+
+    def refused() -> list[dict[str, Any]] | None:
+        found = deliveries(story.admin, booking["id"])
+        return found if len(found) == 2 and all(d["last_error"] for d in found) else None
+
+    waiting = eventually(refused, 15, "both first attempts refused", stack)
+    refused_at = time.monotonic()
+    for delivery in waiting:
+        assert delivery["status"] == "queued" and delivery["attempts"] == 1, delivery
+        assert delivery["next_attempt_at"] is not None, delivery
+    jobs = JobQueue(Redis.from_url(stack.redis_url))
+    for round_ in range(3):
+        for delivery in waiting:
+            jobs.enqueue(SEND_EMAIL, delivery["id"], job_id=f"early-{delivery['id']}-{round_}", queue=EMAIL_QUEUE)
+    time.sleep(1.5)  # the worker has run the early jobs by now
+    assert time.monotonic() - refused_at < 3.5, "too slow to ask before the retry was due"
+    early = {d["id"]: d for d in deliveries(story.admin, booking["id"])}
+    assert all(d["attempts"] == 1 for d in early.values()), f"an early job made an attempt: {early}"
+    assert len(handler.snapshot()) == 2, show(handler.snapshot())
+
+    items = settle(stack, story.admin, booking["id"], "sent", 20)
+    for key, copies in copies_by_message_id(handler, items).items():
+        assert [t.outcome for t in copies] == ["451 try later", "250 OK"], f"{key}: {show(copies)}"
+        assert copies[1].at - copies[0].at >= 4 - 0.25, f"{key}: retried before its interval: {show(copies)}"
+        assert items[key]["attempts"] == 2 and items[key]["next_attempt_at"] is None, items[key]
