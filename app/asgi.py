@@ -22,6 +22,7 @@ from app.lifespan import lifespan
 from app.live_page import home, live_page
 from app.metrics import Metrics, count_requests, metrics_endpoint
 from app.notifications.controllers import NotificationController
+from app.pools.controllers import PoolController
 from app.realtime.controllers import EventController
 from app.realtime.stream import with_event_stream
 from app.resources.controllers import ResourceController
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             HealthController, metrics_endpoint, AuthController, MeController, UserController, ResourceController,
             BookingController, NotificationController, EventController, AdminController, home, live_page,
-            EmailAdminController, MessageController, ConversationController,
+            EmailAdminController, MessageController, ConversationController, PoolController,
         ],
         lifespan=[lifespan(settings, engine)],
         state=State({"settings": settings, "tokens": TokenCodec(settings), "metrics": Metrics()}),

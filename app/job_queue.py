@@ -41,9 +41,11 @@ JOB_TIMEOUT_SECONDS = 120
 REMINDERS_JOB_PREFIX = "bookwire-reminders"
 
 
-def expiry_job_id(booking_id: object) -> str:
-    """The one response-deadline job of a booking."""
-    return f"bookwire-expire-{booking_id}"
+def expiry_job_id(booking_id: object, offered_at: datetime | None = None) -> str:
+    """The response-deadline job of a booking's current offer: one per booking, and one more each
+    time a pooled request moves on (`offered_at`), so that the job being run is never scheduled again
+    under its own id."""
+    return f"bookwire-expire-{booking_id}" + (f"-{int(offered_at.timestamp() * 1000)}" if offered_at else "")
 
 
 def unread_email_job_id(booking_id: object, user_id: object, seq: int) -> str:

@@ -73,13 +73,15 @@ async def sweep(effects: Effects) -> None:
         jobs.enqueue(EMAIL_UNREAD, str(row["booking_id"]), str(row["user_id"]),
                      job_id=unread_email_job_id(row["booking_id"], row["user_id"], 0) + "-sweep")
     deadline: Any = Booking.resource_id.response_deadline_seconds  # a column of the joined resource
-    pending = await Booking.select(Booking.id, Booking.created_at, deadline.as_alias("deadline")).where(
+    pending = await Booking.select(Booking.id, Booking.created_at, Booking.offered_at,
+                                   deadline.as_alias("deadline")).where(
         Booking.status == "pending", deadline.is_not_null()
     )
-    for row in pending:
+    for row in pending:  # the deadline runs from when the current owner was asked (a pooled booking moves on)
         seconds = row["deadline"]
-        if seconds and row["created_at"] + timedelta(seconds=seconds) < late:
-            jobs.enqueue(EXPIRE_BOOKING, str(row["id"]), job_id=expiry_job_id(row["id"]) + "-sweep")
+        if seconds and (row["offered_at"] or row["created_at"]) + timedelta(seconds=seconds) < late:
+            jobs.enqueue(EXPIRE_BOOKING, str(row["id"]),
+                         job_id=expiry_job_id(row["id"], row["offered_at"]) + "-sweep")
 
 
 async def cleanup(effects: Effects) -> None:

@@ -14,7 +14,7 @@ Planning happens inside the booking change's transaction (the rows, and the rq-s
 outbox entries); firing is one transaction too (claim, events, notifications, emails).
 
 A response deadline is one job per booking (`bookwire-expire-<booking id>`, app/bookings/expiry.py),
-cancelled once the booking leaves `pending`.
+and one more each time a pooled request moves on; cancelled once the booking leaves `pending`.
 """
 
 from __future__ import annotations
@@ -74,14 +74,17 @@ async def plan_reminders(change: Change, settings: Settings, booking: BookingRea
     change.schedule_shared([due_at for *_, due_at in due], FIRE_DUE_REMINDERS, prefix=REMINDERS_JOB_PREFIX)
 
 
-def plan_deadline(change: Change, booking: BookingRead, event_type: str, deadline_seconds: int | None) -> None:
-    """A new pending booking on a resource with a response deadline expires unless answered in time."""
-    if event_type == "booking.created" and booking.status == "pending":
+def plan_deadline(change: Change, booking: BookingRead, event_type: str, deadline_seconds: int | None,
+                  offered_at: datetime | None = None) -> None:
+    """A pending booking on a resource with a response deadline expires — or, pooled, moves on —
+    unless answered in time. `offered_at`: when its current owner was asked, once it has moved on
+    (None: when it was created)."""
+    if event_type in ("booking.created", "booking.reassigned") and booking.status == "pending":
         if deadline_seconds:
-            change.schedule(booking.created_at + timedelta(seconds=deadline_seconds), EXPIRE_BOOKING,
-                            str(booking.id), job_id=expiry_job_id(booking.id))
+            change.schedule((offered_at or booking.created_at) + timedelta(seconds=deadline_seconds),
+                            EXPIRE_BOOKING, str(booking.id), job_id=expiry_job_id(booking.id, offered_at))
     elif event_type in LEAVE_PENDING_ON:  # answered in time: no expiry job any more
-        change.cancel(expiry_job_id(booking.id))
+        change.cancel(expiry_job_id(booking.id, offered_at))
 
 
 # ---- firing, in a worker ----------------------------------------------------------------------

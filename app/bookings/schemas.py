@@ -12,9 +12,12 @@ from app.wire import AwareDatetime, FreeText, Reason, Seats
 
 
 class BookingCreate(msgspec.Struct, forbid_unknown_fields=True):
-    resource_id: uuid.UUID
+    """A booking of `resource_id`, or of `pool_id` (Bookwire picks the resource): one of the two."""
+
     starts_at: AwareDatetime
     ends_at: AwareDatetime
+    resource_id: uuid.UUID | None = None
+    pool_id: uuid.UUID | None = None
     seats: Seats = 1
     notes: FreeText = ""
     customer_id: uuid.UUID | None = None
@@ -48,6 +51,15 @@ class BookingRead(msgspec.Struct):
     version: int
     created_at: datetime
     updated_at: datetime
+    pool_id: uuid.UUID | None = None
+    """The pool it was requested from (it may move on within it), or null."""
+
+
+class ReassignedBooking(BookingRead, kw_only=True):
+    """`booking.reassigned`'s data: the booking after the move, and where it was before."""
+
+    from_resource_id: uuid.UUID
+    from_owner_id: uuid.UUID
 
 
 class HistoryEntry(msgspec.Struct):

@@ -12,7 +12,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.bookings import history as booking_history
 from app.bookings.follow_up import follow_up
+from app.bookings.placement import bookable_resource, check_capacity, pick_from_pool
+from app.bookings.reassign import MOVES_ON, move_on, record_offer
 from app.bookings.schemas import (
     BookingCreate,
     BookingRead,
@@ -24,14 +27,15 @@ from app.bookings.schemas import (
 )
 from app.bookings.status import TRANSITIONS, Transition, allowed_actions, may_take
 from app.db.prepared import Prepared, insert_rows
-from app.db.tables import Booking, BookingHistory, Reminder, Resource, User
+from app.db.tables import Booking, BookingHistory, Pool, Reminder, Resource, User
 from app.db.transactions import for_update, lock_row
 from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
 from app.idempotency import Remember
 from app.pagination import Condition, keyset_page, prepared_page
-from app.resources.capacity import HOLDS_SEATS, Interval, peak_seats
-from app.resources.seats import availability_from, seat_holders
+from app.resources.capacity import HOLDS_SEATS, Interval
+from app.resources.seats import availability_from
+from app.resources.services import lock_open_pool
 from app.security import AuthUser
 from app.validation import to_utc
 
@@ -80,22 +84,6 @@ def _check_interval(starts_at: datetime, ends_at: datetime, now: datetime) -> No
         raise Unprocessable.field("ends_at", "a booking may last at most 30 days")
 
 
-async def _check_capacity(
-    resource: dict[str, Any], starts_at: datetime, ends_at: datetime, seats: int,
-    ignore: uuid.UUID | None = None,
-) -> list[Interval]:
-    """409 when `seats` more would exceed capacity at some instant; else the other seat holders of
-    the interval. Call under the resource lock."""
-    holders = await seat_holders(resource["id"], starts_at, ends_at, ignore)
-    taken = peak_seats(holders, starts_at, ends_at)
-    if taken + seats > resource["capacity"]:
-        raise Conflict(
-            f"Only {resource['capacity'] - taken} of {resource['capacity']} seats are free in this interval.",
-            seats_left=resource["capacity"] - taken,
-        )
-    return holders
-
-
 async def _customer_for(user: AuthUser, customer_id: uuid.UUID | None) -> uuid.UUID:
     if user.role == "provider":
         raise PermissionDenied("Providers cannot make bookings; sign in as a customer.")
@@ -111,35 +99,6 @@ async def _customer_for(user: AuthUser, customer_id: uuid.UUID | None) -> uuid.U
     return customer_id
 
 
-async def _history(booking_id: uuid.UUID, action: str, actor_id: uuid.UUID | None, from_status: str | None,
-                   to_status: str, reason: str | None, at: datetime) -> None:
-    await insert_rows(BookingHistory, [{
-        "id": uuid.uuid4(), "booking_id": booking_id, "action": action, "actor_id": actor_id,
-        "from_status": from_status, "to_status": to_status, "reason": reason, "at": at,
-    }])
-
-
-def _select_bookable_resource(resource_id: uuid.UUID) -> Any:
-    owner: Any = Resource.owner_id  # the joined owner's columns
-    return for_update(Resource.select(
-        *Resource.all_columns(), owner.name.as_alias("owner_name"), owner.email.as_alias("owner_email"),
-    ).where(
-        Resource.id == resource_id, Resource.offered()  # a deactivated provider takes no bookings
-    ), Resource).first()
-
-
-_bookable_resource_rows = Prepared(Resource, _select_bookable_resource, uuid.UUID)
-
-
-async def _bookable_resource(resource_id: uuid.UUID) -> dict[str, Any]:
-    """The resource row (with `owner_name`, `owner_email`) if it may take bookings now, else 422
-    (the same answer whatever the reason); inside a write transaction, also locked until commit."""
-    rows = await _bookable_resource_rows(resource_id)
-    if not rows:
-        raise Unprocessable.field("resource_id", "no active resource has this id")
-    return rows[0]
-
-
 def _known_people(user: AuthUser, resource: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
     """The customer and owner of a booking `user` makes for themselves on `resource` (read with its
     owner): both are known without another query, and both are active (the caller is signed in, an
@@ -151,29 +110,50 @@ def _known_people(user: AuthUser, resource: dict[str, Any]) -> dict[str, dict[st
                       "active": True}}
 
 
+async def _place(data: BookingCreate, starts_at: datetime, ends_at: datetime, now: datetime,
+                 ) -> tuple[dict[str, Any], list[Interval]]:
+    """The resource the new booking lands on (locked, with `owner_name` and `owner_email`) and the
+    other seat holders of its interval; 409 when it has no room, 422 when it takes no bookings."""
+    if data.pool_id is None:
+        if data.resource_id is None:
+            raise Unprocessable.field("resource_id", "send resource_id, or pool_id to book a pool")
+        resource = await bookable_resource(data.resource_id)
+        if data.seats > resource["capacity"]:
+            raise Unprocessable.field("seats", f"the resource has only {resource['capacity']} seats")
+        return resource, await check_capacity(resource, starts_at, ends_at, data.seats)
+    if data.resource_id is not None:
+        raise Unprocessable.field("pool_id", "send resource_id or pool_id, not both")
+    await lock_open_pool(data.pool_id)
+    picked = await pick_from_pool(data.pool_id, starts_at, ends_at, data.seats, set(), now)
+    if picked is None:
+        raise Conflict("No resource of this pool has room for this booking.", seats_left=0)
+    return picked
+
+
 async def create_booking(
     user: AuthUser, data: BookingCreate, effects: Effects, remember: Remember | None = None
 ) -> BookingRead:
-    """Create a booking: pending, or confirmed at once when the resource needs no confirmation.
-    `remember` stores an Idempotency-Key's response with it."""
+    """Create a booking on a resource, or on the resource of a pool that Bookwire picks: pending, or
+    confirmed at once when the resource needs no confirmation. `remember` stores an Idempotency-Key's
+    response with it."""
     customer_id = await _customer_for(user, data.customer_id)
     starts_at, ends_at = to_utc(data.starts_at, "starts_at"), to_utc(data.ends_at, "ends_at")
     _check_interval(starts_at, ends_at, datetime.now(UTC))
     async with effects.change() as change:
-        resource = await _bookable_resource(data.resource_id)  # and its lock
-        now = datetime.now(UTC)  # after the lock, so created_at follows commit order for one resource
-        if data.seats > resource["capacity"]:
-            raise Unprocessable.field("seats", f"the resource has only {resource['capacity']} seats")
-        holders = await _check_capacity(resource, starts_at, ends_at, data.seats)
+        # After the locks, so created_at follows commit order for one resource.
+        resource, holders = await _place(data, starts_at, ends_at, datetime.now(UTC))
+        now = datetime.now(UTC)
         row = {
             "id": uuid.uuid4(), "resource_id": resource["id"], "customer_id": customer_id,
             "owner_id": resource["owner_id"], "starts_at": starts_at, "ends_at": ends_at, "seats": data.seats,
             "notes": data.notes, "status": "pending" if resource["requires_confirmation"] else "confirmed",
             "price_cents": resource["price_cents"] * data.seats, "currency": resource["currency"],
-            "version": 1, "created_at": now, "updated_at": now,
+            "version": 1, "created_at": now, "updated_at": now, "pool_id": data.pool_id,
         }
         await insert_rows(Booking, [row])
-        await _history(row["id"], "create", user.id, None, row["status"], None, now)
+        await booking_history.record(row["id"], "create", user.id, None, row["status"], None, now)
+        if data.pool_id is not None:
+            await record_offer(row["id"], resource["id"], now)
         booking = to_booking_read(row)
         left = availability_from(resource["id"], resource["capacity"], [*holders, (starts_at, ends_at, data.seats)],
                                  starts_at, ends_at)
@@ -241,7 +221,7 @@ async def _apply(row: dict[str, Any], transition: Transition, actor_id: uuid.UUI
     ).returning(Booking.id)
     if not updated:
         raise Conflict("The booking changed while this request ran; reload it and try again.")
-    await _history(row["id"], transition.action, actor_id, row["status"], values["status"], reason, now)
+    await booking_history.record(row["id"], transition.action, actor_id, row["status"], values["status"], reason, now)
     return to_booking_read({**row, **values})
 
 
@@ -253,11 +233,38 @@ def _refuse_status(row: dict[str, Any], action: str, rel: set[str]) -> Conflict:
     )
 
 
+class NotDue(Exception):
+    """A response deadline that has not passed (any more): the booking moved on, or its resource's
+    deadline changed, since the job was planned."""
+
+
+async def _deadline_passed(row: dict[str, Any], now: datetime) -> bool:
+    """Whether the response deadline of the booking's current offer has passed (a second early is
+    close enough: the job runs on a whole-second schedule)."""
+    resource = await Resource.select(Resource.response_deadline_seconds).where(
+        Resource.id == row["resource_id"]).first()
+    seconds = resource["response_deadline_seconds"] if resource else None
+    if not seconds:
+        return False
+    asked_at = row["offered_at"] or row["created_at"]
+    return bool(asked_at + timedelta(seconds=seconds) <= now + timedelta(seconds=1))
+
+
+def _moved(found: dict[str, Any], row: dict[str, Any]) -> Conflict | None:
+    """409 when a pooled booking moved to another resource after `found` was read (then the lock
+    this request holds is the wrong resource's)."""
+    if row["resource_id"] == found["resource_id"]:
+        return None
+    return Conflict("The booking moved to another resource while this request ran; reload it and try again.")
+
+
 async def transition(
     user: AuthUser | None, booking_id: uuid.UUID, action: str, reason: str | None, effects: Effects
 ) -> BookingRead:
     """Take a status action (confirm, reject, cancel, check-in, complete) for the caller, or for the
-    system when `user` is None (e.g. `expire` when a response deadline passes)."""
+    system when `user` is None (`expire` when a response deadline passes: NotDue if it has not).
+    A pooled booking that is rejected or expires moves on to another resource of its pool while one
+    has room (app/bookings/reassign.py): the answer is then the booking after the move."""
     found: dict[str, Any] | None
     if user is not None:
         found = await visible_booking(user, booking_id)
@@ -266,23 +273,33 @@ async def transition(
             raise PermissionDenied(f"You may not {action} this booking.")
     else:
         rel = {"system"}
-        found = await Booking.select(Booking.resource_id).where(Booking.id == booking_id).first()
+        found = await Booking.select(Booking.resource_id, Booking.pool_id).where(Booking.id == booking_id).first()
         if found is None:
             raise NotFound("No booking with this id.")
     transition = TRANSITIONS[action]
+    actor_id = user.id if user else None
+    may_move = action in MOVES_ON and found["pool_id"] is not None
     async with effects.change() as change:
+        if may_move:
+            await lock_row(Pool, found["pool_id"])  # a pool before any resource (app/bookings/placement.py)
         await lock_row(Resource, found["resource_id"])
         rows = await _locked_booking_row(booking_id)
         if not rows:
             raise NotFound("No booking with this id.")
         row = rows[0]
+        if moved := _moved(found, row):
+            raise moved
         if row["status"] not in transition.sources:
             raise _refuse_status(row, action, rel)
-        booking = await _apply(row, transition, user.id if user else None, reason)
+        if action == "expire" and not await _deadline_passed(row, datetime.now(UTC)):
+            raise NotDue(str(booking_id))
+        if may_move and (booking := await move_on(change, effects.settings, row, action, actor_id, reason)):
+            return booking
+        booking = await _apply(row, transition, actor_id, reason)
         freed = row["status"] in HOLDS_SEATS and booking.status not in HOLDS_SEATS
         windows = [(booking.starts_at, booking.ends_at)] if freed else []
-        await follow_up(change, effects.settings, booking, transition.event, user.id if user else None, windows,
-                        reason)
+        await follow_up(change, effects.settings, booking, transition.event, actor_id, windows, reason,
+                        offered_at=row["offered_at"])
     return booking
 
 
@@ -304,6 +321,8 @@ async def update_booking(user: AuthUser, booking_id: uuid.UUID, data: BookingUpd
         fresh = await _locked_booking_row(booking_id)
         if not fresh:
             raise NotFound("No booking with this id.")
+        if moved := _moved(row, fresh[0]):
+            raise moved
         row = fresh[0]
         if row["status"] not in TRANSITIONS[action].sources:
             raise _refuse_status(row, action, rel)
@@ -313,8 +332,8 @@ async def update_booking(user: AuthUser, booking_id: uuid.UUID, data: BookingUpd
                 starts_at = to_utc(data.starts_at, "starts_at")
             ends_at = to_utc(data.ends_at, "ends_at") if isinstance(data.ends_at, datetime) else row["ends_at"]
             _check_interval(starts_at, ends_at, datetime.now(UTC))
-            resource = await _bookable_resource(row["resource_id"])
-            await _check_capacity(resource, starts_at, ends_at, row["seats"], ignore=row["id"])
+            resource = await bookable_resource(row["resource_id"])
+            await check_capacity(resource, starts_at, ends_at, row["seats"], ignore=row["id"])
             changes.update(starts_at=starts_at, ends_at=ends_at)
         booking = await _apply(row, TRANSITIONS[action], user.id, None, changes)
         windows = [(row["starts_at"], row["ends_at"]), (booking.starts_at, booking.ends_at)] if reschedule else []

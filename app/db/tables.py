@@ -34,6 +34,18 @@ class User(Table, tablename="users"):
     """Tokens issued before this are refused (set by deactivation, password change, promotion)."""
 
 
+class Pool(Table, tablename="pools"):
+    """Interchangeable resources of several providers: a request to the pool lands on one of them
+    and moves on to the next when unanswered (app/pools/, app/bookings/placement.py)."""
+
+    id = UUID(primary_key=True)
+    name = Varchar(length=200)
+    description = Text()
+    active = Boolean(default=True)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
 class Resource(Table, tablename="resources"):
     """Something bookable: a room, a seat, a session. Deleting it only sets `deleted_at`."""
 
@@ -52,6 +64,10 @@ class Resource(Table, tablename="resources"):
     deleted_at = Timestamptz(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
     updated_at = Timestamptz(default=TimestamptzNow())
+    pool_id = UUID(null=True, default=None, index=True)
+    last_offered_at = Timestamptz(null=True, default=None)
+    """When a pooled request was last offered to it: the pool offers the next one to the resource
+    with room that waited longest."""
 
     @classmethod
     def offered(cls) -> Any:
@@ -78,6 +94,18 @@ class Booking(Table, tablename="bookings"):
     version = Integer(default=1)
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
     updated_at = Timestamptz(default=TimestamptzNow())
+    pool_id = UUID(null=True, default=None, index=True)
+    offered_at = Timestamptz(null=True, default=None)
+    """When its current owner was asked (null: at `created_at`): the response deadline runs from it."""
+
+
+class BookingOffer(Table, tablename="booking_offers"):
+    """A resource a pooled booking was offered to: it is not offered the same booking twice."""
+
+    id = UUID(primary_key=True)
+    booking_id = ForeignKey(references=Booking, index=True)
+    resource_id = UUID()
+    offered_at = Timestamptz()
 
 
 class BookingHistory(Table, tablename="booking_history"):
@@ -226,6 +254,6 @@ class MessageReceipt(Table, tablename="message_receipts"):
 
 
 ALL_TABLES: list[type[Table]] = [
-    User, Resource, Booking, BookingHistory, Notification, EmailTemplate, EmailDelivery, Reminder, OutboxEntry,
-    IdempotencyRecord, Conversation, Message, MessageReceipt,
+    User, Pool, Resource, Booking, BookingOffer, BookingHistory, Notification, EmailTemplate, EmailDelivery,
+    Reminder, OutboxEntry, IdempotencyRecord, Conversation, Message, MessageReceipt,
 ]

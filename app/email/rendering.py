@@ -24,7 +24,8 @@ TEMPLATE_KEYS = (
     "booking.created.customer", "booking.created.owner", "booking.confirmed.customer",
     "booking.rejected.customer", "booking.cancelled.customer", "booking.cancelled.owner",
     "booking.rescheduled.customer", "booking.rescheduled.owner", "booking.completed.customer",
-    "booking.expired.customer", "reminder.owner", "reminder.customer", "message.unread",
+    "booking.expired.customer", "booking.reassigned.customer", "booking.reassigned.owner", "reminder.owner",
+    "reminder.customer", "message.unread",
 )
 _SUFFIX = {"subject": "subject.j2", "text": "txt.j2", "html": "html.j2"}
 
@@ -46,6 +47,16 @@ SAMPLE_CONTEXT: dict[str, Any] = {
     "reminder": {"offset_seconds": 3600, "starts_in": "1 hour"},
     "messages": [{"sender": "Paula Provider", "sent_at_local": "2029-12-31 18:05", "body": "See you tomorrow!"}],
     "unread": 1,
+    # booking.reassigned.*: where a pooled request was before it moved on (`resource` and `owner` are
+    # where it is now); the owner's template serves both owners: `recipient.role` is `owner` for the
+    # new one and `previous_owner` for the one it left.
+    "reassignment": {
+        "from_resource": {"id": "00000000-0000-4000-8000-000000000002", "name": "Blue room",
+                          "timezone": "Europe/Paris", "starts_at_local": "2030-01-01 10:00",
+                          "ends_at_local": "2030-01-01 11:00"},
+        "from_owner": {"name": "Oscar Owner", "email": "oscar@example.com"},
+        "expired": False,
+    },
 }
 
 

@@ -23,6 +23,8 @@ class ResourceCreate(msgspec.Struct, forbid_unknown_fields=True):
     owner_id: uuid.UUID | None = None
     """Admins only: the provider who owns the resource (default: the caller)."""
     active: bool = True
+    pool_id: uuid.UUID | None = None
+    """An active pool the resource joins (see app/pools/)."""
 
 
 class ResourceUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,6 +40,8 @@ class ResourceUpdate(msgspec.Struct, forbid_unknown_fields=True):
     requires_confirmation: bool | msgspec.UnsetType = msgspec.UNSET
     response_deadline_seconds: DeadlineSeconds | msgspec.UnsetType | None = msgspec.UNSET
     active: bool | msgspec.UnsetType = msgspec.UNSET
+    pool_id: uuid.UUID | msgspec.UnsetType | None = msgspec.UNSET
+    """An active pool to join, or null to leave the pool."""
 
 
 class ResourceRead(msgspec.Struct):
@@ -55,6 +59,7 @@ class ResourceRead(msgspec.Struct):
     active: bool
     created_at: datetime
     updated_at: datetime
+    pool_id: uuid.UUID | None = None
 
 
 class BusyInterval(msgspec.Struct):

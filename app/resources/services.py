@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from app.db.tables import Resource, User
+from app.db.tables import Pool, Resource, User
 from app.db.transactions import lock_row
 from app.effects import Effects
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
@@ -81,6 +81,15 @@ async def _owner_for(user: AuthUser, owner_id: uuid.UUID | None) -> uuid.UUID:
     return owner_id
 
 
+async def lock_open_pool(pool_id: uuid.UUID) -> None:
+    """Inside a write transaction, before any resource's lock: hold the pool until commit; 422
+    unless it is active (only an active pool takes new members and new requests; a pool is deleted
+    only once it is empty, under this same lock)."""
+    await lock_row(Pool, pool_id)
+    if not await Pool.exists().where(Pool.id == pool_id, Pool.active == True):  # noqa: E712
+        raise Unprocessable.field("pool_id", "no active pool has this id")
+
+
 async def create_resource(
     user: AuthUser, data: ResourceCreate, effects: Effects, remember: Remember | None = None
 ) -> ResourceRead:
@@ -92,6 +101,8 @@ async def create_resource(
            "created_at": now, "updated_at": now, "deleted_at": None}
     resource = to_resource_read(row)
     async with effects.change() as change:
+        if data.pool_id is not None:
+            await lock_open_pool(data.pool_id)
         await Resource.insert(Resource(**row))
         resource_changed(change, resource, ["resource.created"], was_active=False)
         if remember is not None:
@@ -132,6 +143,8 @@ async def update_resource(
     if "timezone" in changes:
         check_timezone(changes["timezone"])
     async with effects.change() as change:
+        if changes.get("pool_id") is not None:
+            await lock_open_pool(changes["pool_id"])  # pool before resource, as a pooled booking locks them
         await lock_row(Resource, resource_id)
         row = await _load_managed(user, resource_id)
         now = datetime.now(UTC)

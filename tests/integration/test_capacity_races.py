@@ -90,3 +90,22 @@ def test_racing_reschedules_into_one_free_slot_one_wins(server: Server, cast: Ca
 
     statuses = sorted(a.status_code for a in asyncio.run(reschedule_all()))
     assert statuses == [200] + [409] * 9, statuses
+
+
+def test_forty_racers_for_a_pool_of_three_single_seats_three_win(server: Server, cast: Cast) -> None:
+    """Pooled requests race for one interval: each of the three resources takes exactly one, while
+    direct requests for the same resources race alongside (a pooled request must not take a seat a
+    direct one holds, nor the other way round)."""
+    pool = cast.admin.http.post("/v1/pools", json={"name": "Race pool"}).json()
+    members = [make_resource(owner, capacity=1, pool_id=pool["id"])
+               for owner in (cast.owner, cast.other_provider, cast.owner)]
+    customers = _customers(server, cast, 8)
+    slot = {"starts_at": at(45), "ends_at": at(46)}
+    pooled = [(customers[i % len(customers)], {"pool_id": pool["id"], **slot}) for i in range(RACERS)]
+    direct = [(customers[i % len(customers)], {"resource_id": members[i % 3]["id"], **slot}) for i in range(6)]
+    answers = asyncio.run(_race(server, pooled + direct))
+    assert {a.status_code for a in answers} <= {201, 409}, [a.text for a in answers if a.status_code >= 500]
+    winners = [a.json() for a in answers if a.status_code == 201]
+    assert sorted(b["resource_id"] for b in winners) == sorted(m["id"] for m in members), winners
+    free = cast.customer.http.get(f"/v1/pools/{pool['id']}/availability", params={"from": at(44), "to": at(47)})
+    assert [(b["seats_taken"], b["seats_left"]) for b in free.json()["busy"]] == [(3, 0)], free.text

@@ -78,7 +78,8 @@ TEMPLATE_KEYS = {
     "booking.created.customer", "booking.created.owner", "booking.confirmed.customer",
     "booking.rejected.customer", "booking.cancelled.customer", "booking.cancelled.owner",
     "booking.rescheduled.customer", "booking.rescheduled.owner", "booking.completed.customer",
-    "booking.expired.customer", "reminder.owner", "reminder.customer", "message.unread",
+    "booking.expired.customer", "booking.reassigned.customer", "booking.reassigned.owner", "reminder.owner",
+    "reminder.customer", "message.unread",
 }
 PARTS = ("subject", "text", "html")
 POLL_SECONDS = 0.2

@@ -1,0 +1,1 @@
+"""Pools: interchangeable resources of several providers, booked as one."""
