@@ -166,6 +166,9 @@ def test_a_rejected_request_moves_on_as_one_change_until_none_is_left(server: Se
     assert_problem(first_owner.http.post(f"/v1/bookings/{booking['id']}/messages", json={"body": "still here?"}), 404)
     assert booking["id"] not in {b["id"] for b in ok(first_owner.http.get("/v1/bookings", params={"limit": 200}))[
         "items"]}
+    talks = {c["booking_id"] for c in ok(first_owner.http.get("/v1/conversations", params={"limit": 200}))["items"]}
+    assert booking["id"] not in talks
+    assert booking["id"] in {c["booking_id"] for c in ok(second_owner.http.get("/v1/conversations"))["items"]}
     history = ok(cast.customer.http.get(f"/v1/bookings/{booking['id']}/history"))["items"]
     assert [(h["action"], h["from_status"], h["to_status"], h["actor_id"], h["reason"]) for h in history] == [
         ("create", None, "pending", cast.customer.id, None),

@@ -16,7 +16,7 @@ from conftest import fresh_database
 from piccolo.querystring import QueryString
 from piccolo.table import Table
 
-from app.bookings.services import _bookable_resource_rows, _select_bookable_resource
+from app.bookings.placement import _bookable_resource_rows, _select_bookable_resource
 from app.db.engine import bind_engine, close_engine, engine_from_url, open_engine
 from app.db.prepared import Prepared, insert_rows
 from app.db.tables import ALL_TABLES, Booking, BookingHistory, Notification, OutboxEntry, Resource, User
