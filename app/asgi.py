@@ -13,6 +13,7 @@ from app.accounts.controllers import AuthController, MeController, UserControlle
 from app.accounts.throttle import auth_rate_limit
 from app.admin.controllers import AdminController
 from app.bookings.controllers import BookingController
+from app.client_files import client_file
 from app.conversations.controllers import ConversationController, MessageController
 from app.db.engine import bind_engine, engine_from_url
 from app.email.controllers import EmailAdminController
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             HealthController, metrics_endpoint, AuthController, MeController, UserController, ResourceController,
             BookingController, NotificationController, EventController, AdminController, home, live_page,
-            EmailAdminController, MessageController, ConversationController, PoolController,
+            EmailAdminController, MessageController, ConversationController, PoolController, client_file,
         ],
         lifespan=[lifespan(settings, engine)],
         state=State({"settings": settings, "tokens": TokenCodec(settings), "metrics": Metrics()}),

@@ -12,12 +12,14 @@ import contextlib
 import os
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -33,6 +35,7 @@ from app.embedded_redis import free_port  # noqa: E402
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PASSWORD = "bench-password-123"
 SERVER_START_TIMEOUT = 60.0     # seconds until /health answers
+TOKEN_TTL = 6 * 3600            # life of the access tokens `mint_tokens` makes (the API accepts up to 24 h)
 MIGRATE_TIMEOUT = 180.0
 
 
@@ -225,6 +228,52 @@ async def create_resources(client: httpx.AsyncClient, owner: Actor, count: int,
 
 
 # --------------------------------------------------------------------------------------------------
+# Many users, fast: straight into the database, tokens minted here
+
+
+def insert_users(database_url: str, roles: list[str]) -> list[str]:
+    """One active user per entry of `roles`, inserted straight into Bookwire's `users` table (as
+    Piccolo stores them on that engine); their ids. Registration through the API hashes the password
+    with argon2 (a tenth of a second or more of CPU each), far too slow for thousands of users. These
+    users cannot sign in (no usable password hash): give them tokens from `mint_tokens`."""
+    ids = [str(uuid.uuid4()) for _ in roles]
+    now = datetime.now(UTC)
+    if database_url.startswith("sqlite:///"):
+        created = now.isoformat(sep=" ")
+        rows = [(uid, f"bench-{uid[:13]}@example.test", f"Bench {role} {i}", role, "bench-not-a-password-hash",
+                 1, created) for i, (uid, role) in enumerate(zip(ids, roles, strict=True))]
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+            db.executemany("INSERT INTO users (id, email, name, role, password_hash, active, created_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.commit()
+        return ids
+
+    async def run() -> None:
+        records = [(uuid.UUID(uid), f"bench-{uid[:13]}@example.test", f"Bench {role} {i}", role,
+                    "bench-not-a-password-hash", True, now)
+                   for i, (uid, role) in enumerate(zip(ids, roles, strict=True))]
+        conn = await asyncpg.connect(database_url, timeout=10)
+        try:
+            await conn.copy_records_to_table("users", records=records, columns=[
+                "id", "email", "name", "role", "password_hash", "active", "created_at"])
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return ids
+
+
+def mint_tokens(secret: str, user_ids: list[str], role: str = "customer") -> list[str]:
+    """HS256 access tokens for `user_ids` (all of `role`), as the API started with `secret` mints
+    them (sub/role/iat/exp/iss/aud, the default issuer and audience), valid for `TOKEN_TTL`."""
+    import jwt
+
+    now = int(time.time())
+    return [jwt.encode({"sub": uid, "role": role, "iat": now, "exp": now + TOKEN_TTL, "iss": "bookwire",
+                        "aud": "bookwire"}, secret, algorithm="HS256") for uid in user_ids]
+
+
+# --------------------------------------------------------------------------------------------------
 # Figures
 
 
@@ -240,3 +289,13 @@ def percentile(values: list[float], q: float) -> float:
 def fmt(value: float | None, digits: int = 1) -> str:
     """A figure for a table cell; `n/a` when it could not be measured."""
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))
+    out = [line, "-" * len(line)]
+    for r in rows:
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    return "\n".join(out)

@@ -62,7 +62,6 @@ import resource
 import secrets
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -79,35 +78,29 @@ THIS_FILE = str(Path(__file__).resolve())
 REPO = Path(THIS_FILE).parent.parent
 sys.path.insert(0, str(REPO))
 
+from common import insert_users, mint_tokens, table  # noqa: E402
 from procs import CLK_TCK, machine_busy_seconds, own_cpu_seconds, stat_fields, stop_process, tail  # noqa: E402
+from rawhttp import (  # noqa: E402
+    SseProtocol,
+    open_stream,
+    parse_block,
+    raise_fd_limit,
+    stream_request,
+    uvloop_run,
+)
 
 from app.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
-FD_LIMIT = 65536
 SERVER_START_TIMEOUT = 60.0
 MIGRATE_TIMEOUT = 180.0
-STREAM_PATH = "/v1/events/stream"
 BASELINE_CHANNEL = "bench:baseline:live"   # must match bench/sse_baseline.py
 EVENT_TYPE = "bench.tick"
-TOKEN_TTL = 6 * 3600
 P99_TARGET_MS = 100.0
 PUBLISH_IN_FLIGHT = 64            # publishes awaiting Redis at once in the publisher
 T_FIELD = re.compile(rb'"t":(\d+)')
 
 # --------------------------------------------------------------------------------------------------
 # Processes, CPU and memory
-
-
-def raise_fd_limit(limit: int = FD_LIMIT) -> int:
-    """Raise RLIMIT_NOFILE (soft and hard; we are root) so 10,000 sockets fit; returns the soft limit."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for wanted in ((limit, max(limit, hard)), (min(limit, hard), hard)):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, wanted)
-            break
-        except (ValueError, OSError):
-            continue
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _child_setup() -> None:
@@ -247,27 +240,6 @@ class Target:
         self.redis.stop()
 
 
-def insert_users(db_path: Path, count: int) -> list[str]:
-    """`count` active customers straight into Bookwire's `users` table, in Piccolo's SQLite format."""
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    created = datetime.now(UTC).isoformat(sep=" ")
-    rows = [(uid, f"bench-{uid[:13]}@example.test", f"Bench user {i}", "customer", "bench-not-a-password-hash",
-             1, created) for i, uid in enumerate(ids)]
-    with contextlib.closing(sqlite3.connect(db_path)) as db:
-        db.executemany('INSERT INTO users (id, email, name, role, password_hash, active, created_at) '
-                       'VALUES (?, ?, ?, ?, ?, ?, ?)', rows)
-        db.commit()
-    return ids
-
-
-def mint_tokens(secret: str, user_ids: list[str]) -> list[str]:
-    import jwt
-
-    now = int(time.time())
-    return [jwt.encode({"sub": uid, "role": "customer", "iat": now, "exp": now + TOKEN_TTL, "iss": "bookwire",
-                        "aud": "bookwire"}, secret, algorithm="HS256") for uid in user_ids]
-
-
 def server_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "JWT_", "ADMIN_"))}
     env.update(overrides)
@@ -322,7 +294,7 @@ def start_target(kind: str, users: int, workdir: Path, app_dir: Path, diag: str 
                 stop_process(migrate)
             if code != 0:
                 raise RuntimeError(f"bookwire migrate exited with {code}:\n{tail(log)}")
-            user_ids = insert_users(db_path, users + 1)
+            user_ids = insert_users(f"sqlite:///{db_path}", ["customer"] * (users + 1))
             if diag:
                 env.update(diag_env(workdir, diag))
                 process = spawn([sys.executable, "-c", DIAG_WRAPPER, "bookwire"], env, log, app_dir)
@@ -351,145 +323,39 @@ def start_target(kind: str, users: int, workdir: Path, app_dir: Path, diag: str 
 # The client: one asyncio protocol per stream
 
 
-class Stream(asyncio.Protocol):
-    """One SSE connection: HTTP/1.1 response head, chunked transfer coding, SSE blocks."""
+class Stream(SseProtocol):
+    """One SSE connection of a run (the HTTP and SSE framing is `rawhttp.SseProtocol`): counts, per
+    envelope id, the `bench.tick` events it received, and their latency."""
 
-    __slots__ = ("chunk_left", "chunked", "crlf_due", "fleet", "head", "index", "pending", "ready", "request",
-                 "seen", "sse", "state", "transport")
+    __slots__ = ("fleet", "index", "seen")
 
     def __init__(self, fleet: Fleet, index: int, request: bytes) -> None:
+        super().__init__(request)
         self.fleet = fleet
         self.index = index
-        self.request = request
-        self.transport: asyncio.Transport | None = None
-        self.state = 0                  # 0 head, 1 body, 2 closed
-        self.head = b""
-        self.chunked = False
-        self.chunk_left = 0
-        self.crlf_due = False
-        self.pending = b""              # an incomplete chunk-size line
-        self.sse = b""                  # an incomplete SSE block
         self.seen: dict[bytes, int] = {}
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
+    def on_comment(self) -> None:
+        self.fleet.heartbeats += 1
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        was_open = self.state == 1 and self.ready.done() and not self.ready.cancelled()
-        self.state = 2
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed before `retry:` ({exc or 'EOF'})"))
-        elif was_open and not self.fleet.closing:
+    def on_dropped(self) -> None:
+        if not self.fleet.closing:
             self.fleet.dropped += 1
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _fail(self, message: str) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(message))
-        self.abort()
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        if self.state == 0:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.head) > 65536:
-                    self._fail("response head too long")
-                return
-            head, data = self.head[:end], self.head[end + 4:]
-            self.head = b""
-            try:
-                status = int(head.split(b" ", 2)[1])
-            except (IndexError, ValueError):
-                self._fail("unreadable status line")
-                return
-            if status != 200:
-                self._fail(f"HTTP {status}")
-                return
-            self.chunked = b"transfer-encoding: chunked" in head.lower()
-            self.state = 1
-            if not data:
-                return
-        if self.chunked:
-            data = self._dechunk(data)
-            if not data:
-                return
-        self._feed(data, now)
-
-    def _dechunk(self, data: bytes) -> bytes:
-        buf = self.pending + data if self.pending else data
-        self.pending = b""
-        out = []
-        pos, size = 0, len(buf)
-        while pos < size:
-            if self.chunk_left:
-                take = min(self.chunk_left, size - pos)
-                out.append(buf[pos:pos + take])
-                pos += take
-                self.chunk_left -= take
-                if not self.chunk_left:
-                    self.crlf_due = True
-                continue
-            if self.crlf_due:
-                if size - pos < 2:
-                    self.pending = buf[pos:]
-                    break
-                pos += 2
-                self.crlf_due = False
-                continue
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                self.pending = buf[pos:]
-                break
-            length = int(buf[pos:eol].split(b";", 1)[0], 16)
-            pos = eol + 2
-            if length == 0:  # the server ended the response
-                break
-            self.chunk_left = length
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def _feed(self, payload: bytes, now: int) -> None:
-        buf = self.sse + payload if self.sse else payload
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        blocks = buf.split(b"\n\n")
-        self.sse = blocks.pop()
+    def on_event(self, block: bytes, now: int) -> None:
         fleet = self.fleet
-        for block in blocks:
-            if not block:
-                continue
-            if block[0] == 58:  # ":" comment: heartbeat
-                fleet.heartbeats += 1
-                continue
-            if block.startswith(b"retry:"):
-                if not self.ready.done():
-                    self.ready.set_result(None)
-                continue
-            event_id = event_type = data = None
-            for line in block.split(b"\n"):
-                if line.startswith(b"data:"):
-                    data = line[5:]
-                elif line.startswith(b"id:"):
-                    event_id = line[3:].strip()
-                elif line.startswith(b"event:"):
-                    event_type = line[6:].strip()
-            if event_type is not None and event_type.startswith(b"stream."):
-                fleet.control[event_type.decode()] += 1
-                continue
-            match = T_FIELD.search(data) if data is not None else None
-            if event_id is None or match is None:
-                fleet.unreadable += 1
-                continue
-            seen = self.seen
-            seen[event_id] = seen.get(event_id, 0) + 1
-            fleet.latencies.append(now - int(match.group(1)))
-            fleet.received += 1
+        event_id, event_type, data = parse_block(block)
+        if event_type is not None and event_type.startswith(b"stream."):
+            fleet.control[event_type.decode()] += 1
+            return
+        match = T_FIELD.search(data) if data is not None else None
+        if event_id is None or match is None:
+            fleet.unreadable += 1
+            return
+        seen = self.seen
+        seen[event_id] = seen.get(event_id, 0) + 1
+        fleet.latencies.append(now - int(match.group(1)))
+        fleet.received += 1
 
 
 class Fleet:
@@ -497,10 +363,7 @@ class Fleet:
 
     def __init__(self, port: int, tokens: list[str]) -> None:
         self.port = port
-        self.requests = [
-            (f"GET {STREAM_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-             "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n").encode() for token in tokens
-        ]
+        self.requests = [stream_request(port, token) for token in tokens]
         self.streams: list[Stream | None] = [None] * len(tokens)
         self.closing = False
         self.dropped = 0
@@ -519,17 +382,10 @@ class Fleet:
 
     async def open(self, index: int, timeout: float) -> float:
         """Open stream `index`; milliseconds until its `retry:` line arrived."""
-        loop = asyncio.get_running_loop()
         stream = Stream(self, index, self.requests[index])
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(loop.create_connection(lambda: stream, "127.0.0.1", self.port), timeout)
-            await asyncio.wait_for(stream.ready, max(0.1, timeout - (time.perf_counter() - started)))
-        except BaseException:
-            stream.abort()
-            raise
+        took = await open_stream(stream, self.port, timeout)
         self.streams[index] = stream
-        return (time.perf_counter() - started) * 1000
+        return took
 
     def close(self) -> None:
         self.closing = True
@@ -1172,15 +1028,6 @@ def ratio(a: float | None, b: float | None, digits: int = 2) -> str:
     return f"{a / b:.{digits}f}"
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))
-    out = [line, "-" * len(line)]
-    for r in rows:
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
-    return "\n".join(out)
-
-
 def scenario_row(run: RunResult, s: Scenario) -> list[str]:
     return [f"{run.kind} {run.n}", s.name, f"{s.published}/{s.count}", fmt(s.achieved_rate, 0), str(s.expected),
             str(s.lost), str(s.duplicated), str(s.unexpected), fmt(s.p50), fmt(s.p99), fmt(s.max),
@@ -1316,14 +1163,6 @@ def run_one(kind: str, n: int, args: argparse.Namespace, plan: Plan, workroot: P
         return run
     finally:
         target.stop()
-
-
-def uvloop_run(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

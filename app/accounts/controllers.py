@@ -47,7 +47,8 @@ class AuthController(Controller):
           dependencies={"user": Provide(current_user)})
     async def stream_token(self, user: AuthUser, request: Request) -> StreamTokenResponse:
         codec = _tokens(request)
-        return StreamTokenResponse(token=codec.stream_token(user.id, user.role), expires_in=codec.stream_ttl)
+        return StreamTokenResponse(token=codec.stream_token(user.id, user.role), expires_in=codec.stream_ttl,
+                                   heartbeat_seconds=request.app.state.settings.sse_heartbeat_seconds)
 
 
 class MeController(Controller):

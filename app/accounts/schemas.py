@@ -48,6 +48,9 @@ class RegisterResponse(msgspec.Struct):
 class StreamTokenResponse(msgspec.Struct):
     token: str
     expires_in: int
+    heartbeat_seconds: int
+    """The stream's heartbeat interval (SSE_HEARTBEAT_SECONDS): a client that hears nothing for twice
+    this long is behind a buffering proxy (`/client/bookwire.js` then falls back to long-polling)."""
 
 
 class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):

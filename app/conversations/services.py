@@ -229,9 +229,13 @@ async def _stamp(booking: dict[str, Any], reader: uuid.UUID, delivered: int, rea
 
 async def typing(user: AuthUser, booking_id: uuid.UUID, effects: Effects) -> None:
     """Tell the other participants that the caller is typing (ephemeral), at most every 2 s."""
+    key = f"{TYPING_KEY}{booking_id}:{user.id}"
+    if await effects.bus.redis.exists(key):
+        # Told less than 2 s ago, after the access check below: a typist's repeated calls (a client
+        # sends one every second or so while keys go down) cost one Redis read, no database read.
+        return
     booking = await visible_booking(user, booking_id)
-    first = await effects.bus.redis.set(f"{TYPING_KEY}{booking_id}:{user.id}", b"1", nx=True,
-                                        px=TYPING_EVERY_SECONDS * 1000)
+    first = await effects.bus.redis.set(key, b"1", nx=True, px=TYPING_EVERY_SECONDS * 1000)
     if not first:
         return
     until = datetime.now(UTC) + timedelta(seconds=TYPING_SECONDS)

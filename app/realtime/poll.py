@@ -54,7 +54,7 @@ async def poll(bus: EventBus, hub: Hub, presence: Presence, user: AuthUser, chan
                 events = await bus.read_after(channels, cursor, POLL_BATCH)
     finally:
         hub.remove(sub)
-        await presence.closed("poll")
+        await presence.closed("poll", user.id, user.role)
     # Ephemeral events that came while it was held: returned too, and they move no cursor.
     return PollResult(events=[*_envelopes(events, channels), *(sub.ephemeral or ())],
                       cursor=events[-1].id if events else cursor)

@@ -159,7 +159,7 @@ async def serve_stream(app: Litestar, scope: Scope, receive: Receive, send: Send
             watcher.cancel()
         hub.remove(sub)
         with contextlib.suppress(Exception):
-            await presence.closed("sse")
+            await presence.closed("sse", sub.user_id, sub.role)
 
 
 def with_event_stream(app: Litestar) -> ASGIApp:

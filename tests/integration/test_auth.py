@@ -133,6 +133,7 @@ def test_missing_or_malformed_authorization_is_401(server: Server) -> None:
 def test_stream_token_is_short_lived_and_refused_by_the_rest_of_the_api(server: Server, cast: Cast) -> None:
     answer = cast.customer.http.post("/v1/auth/stream-token")
     assert answer.status_code == 200 and answer.json()["expires_in"] == 60
+    assert answer.json()["heartbeat_seconds"] == 15  # SSE_HEARTBEAT_SECONDS: how the client spots a silent stream
     token = answer.json()["token"]
     claims = jwt.decode(token, TEST_JWT_SECRET, algorithms=["HS256"], audience=AUDIENCE)
     assert 59 < claims["exp"] - claims["iat"] <= 60 and claims["sub"] == cast.customer.id  # iat to the ms

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sse import SSEStream
 
 from app.embedded_redis import EmbeddedRedis
 
-OFFLINE_WITHIN = 30 + 10 + 5  # TTL, the last refresh of the open stream, slack
+OFFLINE_WITHIN = 30 + 2 + 5  # TTL from the close, the expiry's round, slack
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -85,11 +86,17 @@ def test_online_and_offline_reach_booking_counterparts_only(private_server: Serv
 
         arriving.close()
         outsider.close()
+        closed_at, closed_wall = time.monotonic(), datetime.now(UTC)
         if server.engine != "sqlite":
             return  # going offline is the same Redis script on both engines: its 30 s are waited once
         gone = await presence_events(watching, OFFLINE_WITHIN, until=lambda e: e["data"]["user_id"] == customer.id)
+        after = time.monotonic() - closed_at
         about_customer = [e["data"] for e in gone if e["data"]["user_id"] == customer.id]
         assert [d["online"] for d in about_customer] == [False], gone
         assert all(e["data"]["user_id"] != stranger.id for e in gone), gone
+        # 30 s after the last connection closed (2 s expiry rounds), not after the stream's last refresh
+        assert 29.5 <= after <= 30 + 2 + 3, f"offline announced {after:.1f} s after the close"
+        seen_at = datetime.fromisoformat(about_customer[0]["last_seen_at"])
+        assert abs((seen_at - closed_wall).total_seconds()) < 1.5, (seen_at, closed_wall)
 
     asyncio.run(scenario())

@@ -80,7 +80,8 @@ async def _inserts_read_back_as_piccolo_writes_them(user_id: uuid.UUID, resource
     one row and several."""
     booking = {"id": uuid.uuid4(), "resource_id": resource_id, "customer_id": user_id, "owner_id": user_id,
                "starts_at": now, "ends_at": now + timedelta(hours=1), "seats": 1, "notes": "", "status": "pending",
-               "price_cents": 100, "currency": "EUR", "version": 1, "created_at": now, "updated_at": now}
+               "price_cents": 100, "currency": "EUR", "version": 1, "created_at": now, "updated_at": now,
+               "pool_id": None, "offered_at": None}
     await insert_rows(Booking, [booking])
     assert await Booking.select().where(Booking.id == booking["id"]).first() == booking
 
