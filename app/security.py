@@ -81,8 +81,10 @@ MAX_SERVICE_TOKEN_SECONDS = 366 * 86400
 """The longest life accepted for a service token."""
 
 TokenKind = Literal["access", "stream", "service"]
-VERIFIED_TOKENS_KEPT = 1_000
-"""How many verified tokens one process remembers: its busiest clients (about 1.2 KB each)."""
+VERIFIED_TOKENS_KEPT = 10_000
+"""How many verified tokens one process remembers: its busiest clients (about 1.2 KB each, so
+12 MB at most). 1,000 thrashed when 4,000 conversation participants posted in turn
+(bench/conversations.py): every request verified its JWT again, 7 % of the API's CPU."""
 
 
 class TokenCodec:

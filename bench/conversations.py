@@ -127,6 +127,7 @@ SLOT = timedelta(hours=1)        # bookings on one resource are an hour apart ..
 BOOKING_LENGTH = timedelta(minutes=30)  # ... and last 30 minutes: none overlaps another
 REQUEST_TIMEOUT = 60.0           # seconds, every HTTP request
 SETTLE_QUIET = 1.5               # seconds without a PUBLISH before the setup is called settled
+SETTLE_CPU = 0.10                # ... and with the API below this share of a core
 BACKLOG_LINE = re.compile(rb"^bookwire_outbox_backlog (\S+)$", re.MULTILINE)
 
 CHILDREN: list[asyncio.subprocess.Process] = []  # the poster: killed on the way out, whatever happens
@@ -547,16 +548,22 @@ async def connect(ctx: Context, users: list[int]) -> Connected:
 
 
 async def settle(ctx: Context, limit: float) -> float:
-    """Wait until no PUBLISH happened for `SETTLE_QUIET` s (presence announcements after connects,
-    the outbox), at most `limit` s; returns the seconds waited."""
+    """Wait until no PUBLISH happened for `SETTLE_QUIET` s and the API used less than
+    `SETTLE_CPU` of a core over that time (presence announcements after connects are one database
+    read each, and may run on after the PUBLISHes pause; the outbox), at most `limit` s; returns the
+    seconds waited."""
     started = time.perf_counter()
-    last, last_change = command_calls(ctx.redis).get("publish", 0), time.perf_counter()
+    pid = ctx.server.process.pid
+    samples = [(time.perf_counter(), command_calls(ctx.redis).get("publish", 0), cpu_seconds(pid) or 0.0)]
     while time.perf_counter() - started < limit:
         await asyncio.sleep(0.25)
-        now = command_calls(ctx.redis).get("publish", 0)
-        if now != last:
-            last, last_change = now, time.perf_counter()
-        elif time.perf_counter() - last_change >= SETTLE_QUIET:
+        samples.append((time.perf_counter(), command_calls(ctx.redis).get("publish", 0), cpu_seconds(pid) or 0.0))
+        window = [x for x in samples if x[0] >= samples[-1][0] - SETTLE_QUIET]
+        if samples[-1][0] - samples[0][0] < SETTLE_QUIET or len(window) < 2:
+            continue
+        then, now = window[0], samples[-1]
+        quiet = now[1] == then[1] and (now[2] - then[2]) / (now[0] - then[0]) < SETTLE_CPU
+        if quiet:
             break
     return time.perf_counter() - started
 

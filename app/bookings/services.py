@@ -73,6 +73,15 @@ async def visible_booking(user: AuthUser, booking_id: uuid.UUID) -> dict[str, An
     return rows[0]
 
 
+async def locked_visible_booking(user: AuthUser, booking_id: uuid.UUID) -> dict[str, Any]:
+    """Inside a write transaction: `visible_booking`, read under the booking's row lock (held until
+    commit) — one statement where a read and then a lock would be two."""
+    rows = await _locked_booking_row(booking_id)
+    if not rows or not relations(user, rows[0]):
+        raise NotFound("No booking with this id.")
+    return rows[0]
+
+
 def _check_interval(starts_at: datetime, ends_at: datetime, now: datetime) -> None:
     if starts_at < now:
         raise Unprocessable.field("starts_at", "must not be in the past")

@@ -15,7 +15,7 @@ from typing import Any
 
 from piccolo.columns.combination import WhereRaw
 
-from app.bookings.services import visible_booking
+from app.bookings.services import locked_visible_booking, visible_booking
 from app.conversations.schemas import (
     ConversationRead,
     MessageCreate,
@@ -25,7 +25,7 @@ from app.conversations.schemas import (
     UnreadMessages,
     to_message_read,
 )
-from app.db.prepared import insert_rows
+from app.db.prepared import Prepared, insert_rows
 from app.db.tables import Booking, Conversation, Message, MessageReceipt, User
 from app.db.transactions import lock_row
 from app.effects import Effects
@@ -92,35 +92,40 @@ async def plan_unread_emails(change: Change, settings: Settings, booking: dict[s
 # ---- messages ------------------------------------------------------------------------------------
 
 
+_sent_with_client_id = Prepared(Message, lambda booking_id, sender_id, client_id, since: Message.select().where(
+    Message.booking_id == booking_id, Message.sender_id == sender_id, Message.client_id == client_id,
+    Message.created_at > since).first(), uuid.UUID, uuid.UUID, str, datetime)
+"""A message its sender posted with this `client_id` lately: a resend of it creates nothing."""
+
+_CONVERSATIONS = Conversation._meta.tablename
+_NEXT_SEQ = (
+    f"INSERT INTO {_CONVERSATIONS} (booking_id, last_seq, last_message_at) VALUES ({{}}, 1, {{}})"  # noqa: S608
+    f" ON CONFLICT (booking_id) DO UPDATE SET last_seq = {_CONVERSATIONS}.last_seq + 1,"
+    " last_message_at = excluded.last_message_at RETURNING last_seq")
+"""Number the booking's next message and record the activity: one statement, under the booking's
+lock (SQLite 3.35+ and PostgreSQL both take ON CONFLICT ... RETURNING)."""
+
+
 async def post_message(user: AuthUser, booking_id: uuid.UUID, data: MessageCreate,
                        effects: Effects) -> tuple[MessageRead, bool]:
     """The message, and whether it was created now (False: the same `client_id` was sent before)."""
-    booking = await visible_booking(user, booking_id)
     async with effects.change() as change:
-        await lock_row(Booking, booking_id)  # numbers the messages, and serialises resends of one client_id
+        # The lock numbers the messages, and serialises resends of one client_id.
+        booking = await locked_visible_booking(user, booking_id)
         now = datetime.now(UTC)
         if data.client_id is not None:
-            sent = await Message.select().where(
-                Message.booking_id == booking_id, Message.sender_id == user.id, Message.client_id == data.client_id,
-                Message.created_at > now - timedelta(seconds=CLIENT_ID_SECONDS),
-            ).first()
-            if sent is not None:
-                return to_message_read(sent), False
-        conversation = await Conversation.select(Conversation.last_seq).where(
-            Conversation.booking_id == booking_id).first()
-        seq = (conversation["last_seq"] if conversation else 0) + 1
-        row = {"id": uuid.uuid4(), "booking_id": booking_id, "seq": seq, "sender_id": user.id, "body": data.body,
-               "folded": data.body.casefold(), "client_id": data.client_id, "created_at": now,
+            sent = await _sent_with_client_id(booking_id, user.id, data.client_id,
+                                              now - timedelta(seconds=CLIENT_ID_SECONDS))
+            if sent:
+                return to_message_read(sent[0]), False
+        (numbered,) = await Conversation.raw(_NEXT_SEQ, booking_id, now)
+        row = {"id": uuid.uuid4(), "booking_id": booking_id, "seq": numbered["last_seq"], "sender_id": user.id,
+               "body": data.body, "folded": data.body.casefold(), "client_id": data.client_id, "created_at": now,
                "delivered_at": None, "read_at": None}
         await insert_rows(Message, [row])
-        if conversation is None:
-            await insert_rows(Conversation, [{"booking_id": booking_id, "last_seq": seq, "last_message_at": now}])
-        else:
-            await Conversation.update({Conversation.last_seq: seq, Conversation.last_message_at: now}).where(
-                Conversation.booking_id == booking_id)
         message = to_message_read(row)
         change.publish("message.created", _channels(booking, user.id), message)
-        await plan_unread_emails(change, effects.settings, booking, user.id, seq, now)
+        await plan_unread_emails(change, effects.settings, booking, user.id, row["seq"], now)
     return message, True
 
 
@@ -153,10 +158,13 @@ async def _seq_of(booking_id: uuid.UUID, message_id: uuid.UUID | None, field: st
     return int(row["seq"])
 
 
+_receipt_row = Prepared(MessageReceipt, lambda row_id: MessageReceipt.select().where(
+    MessageReceipt.id == row_id).first(), uuid.UUID)
+
+
 async def _receipt(booking_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any] | None:
-    row: dict[str, Any] | None = await MessageReceipt.select().where(
-        MessageReceipt.id == receipt_id(booking_id, user_id)).first()
-    return row
+    rows = await _receipt_row(receipt_id(booking_id, user_id))
+    return rows[0] if rows else None
 
 
 def _pointers(row: dict[str, Any] | None) -> tuple[int, int]:
