@@ -16,9 +16,8 @@ from app.pagination import keyset_page
 from app.pools.schemas import PoolAvailability, PoolCreate, PoolRead, PoolUpdate
 from app.resources.capacity import HOLDS_SEATS, occupancy
 from app.resources.schemas import BusyInterval
-from app.resources.services import MAX_AVAILABILITY_WINDOW
+from app.resources.services import availability_window
 from app.security import AuthUser
-from app.validation import to_utc
 
 
 def to_pool_read(row: dict[str, Any]) -> PoolRead:
@@ -87,11 +86,7 @@ async def availability(user: AuthUser, pool_id: uuid.UUID, from_: datetime, to: 
     """Seats taken over `[from, to)`, summed over the pool's offered resources, as maximal intervals
     with a constant count (`seats_left` is what the pool as a whole has free: a request for several
     seats needs them on one resource)."""
-    start, end = to_utc(from_, "from"), to_utc(to, "to")
-    if end <= start:
-        raise Unprocessable.field("to", "must be after from")
-    if end - start > MAX_AVAILABILITY_WINDOW:
-        raise Unprocessable.field("to", "the window may span at most 93 days")
+    start, end = availability_window(from_, to)
     await _visible(user, pool_id)
     members = await Resource.select(Resource.id, Resource.capacity).where(
         Resource.pool_id == pool_id, Resource.offered())

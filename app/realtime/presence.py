@@ -32,6 +32,8 @@ REFRESH_SECONDS = 10
 EXPIRE_SECONDS = 2  # how often the users gone offline are looked for
 TRANSPORTS = ("sse", "poll")
 FLUSH_SECONDS = 0.05
+ANNOUNCE_BATCH = 200
+"""Users whose bookings one query reads when many come online at once (bound: SQLite's 999 variables)."""
 LAST_SEEN = f"{PREFIX}last_seen"
 """Every user ever seen, scored by when they last were (kept: `last_seen_at` outlives being online)."""
 ONLINE = f"{PREFIX}online"
@@ -140,22 +142,42 @@ class Presence:
         if not user_ids:
             return
         came: list[bytes] = await self._seen_script(keys=[ONLINE, LAST_SEEN], args=[now, *user_ids])
-        for user_id in came:
-            await self._announce(user_id.decode(), True, now)
+        # A burst of first connects (a deploy, a morning) is one read per ANNOUNCE_BATCH users, not one each.
+        arrived = [u.decode() for u in came]
+        for start in range(0, len(arrived), ANNOUNCE_BATCH):
+            batch = arrived[start:start + ANNOUNCE_BATCH]
+            shared = await self._sharing(batch)
+            for user_id in batch:
+                await self._tell(user_id, shared.get(user_id, set()), True, now)
 
     async def _announce(self, user_id: str, online: bool, seen_at: float) -> None:
         """`presence.changed` to everyone who shares a pending, confirmed or checked-in booking with
         the user: one ephemeral publish with all their channels, however many they are."""
         if self.bus is None:
             return
+        await self._tell(user_id, (await self._sharing([user_id])).get(user_id, set()), online, seen_at)
+
+    async def _sharing(self, user_ids: list[str]) -> dict[str, set[str]]:
+        """For each user, the others who share a pending, confirmed or checked-in booking with them."""
+        if self.bus is None or not user_ids:
+            return {}
         statuses = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
+        marks = ", ".join("{}" for _ in user_ids)
+        ids = [uuid.UUID(u) for u in user_ids]
         rows = await Booking.raw(
-            f"SELECT customer_id AS other FROM bookings WHERE owner_id = {{}} AND status IN ({statuses})"  # noqa: S608
-            f" UNION SELECT owner_id AS other FROM bookings WHERE customer_id = {{}} AND status IN ({statuses})",
-            uuid.UUID(user_id), uuid.UUID(user_id))
-        channels = [user_channel(row["other"]) for row in rows if str(row["other"]) != user_id]
-        if channels:
-            await self.bus.publish_ephemeral("presence.changed", channels, {
+            f"SELECT owner_id AS who, customer_id AS other FROM bookings WHERE owner_id IN ({marks})"  # noqa: S608
+            f" AND status IN ({statuses}) UNION SELECT customer_id AS who, owner_id AS other FROM bookings"
+            f" WHERE customer_id IN ({marks}) AND status IN ({statuses})", *ids, *ids)
+        shared: dict[str, set[str]] = {}
+        for row in rows:
+            who, other = str(row["who"]), str(row["other"])
+            if who != other:
+                shared.setdefault(who, set()).add(other)
+        return shared
+
+    async def _tell(self, user_id: str, others: set[str], online: bool, seen_at: float) -> None:
+        if self.bus is not None and others:
+            await self.bus.publish_ephemeral("presence.changed", [user_channel(o) for o in sorted(others)], {
                 "user_id": user_id, "online": online,
                 "last_seen_at": rfc3339(datetime.fromtimestamp(seen_at, UTC)),
             })

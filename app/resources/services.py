@@ -176,12 +176,19 @@ async def delete_resource(user: AuthUser, resource_id: uuid.UUID, effects: Effec
         resource_changed(change, resource, ["resource.deleted"], was_active=row["active"])
 
 
-async def availability(user: AuthUser, resource_id: uuid.UUID, from_: datetime, to: datetime) -> Availability:
-    """Seats taken over `[from, to)` as maximal intervals with a constant count."""
+def availability_window(from_: datetime, to: datetime) -> tuple[datetime, datetime]:
+    """`[from, to)` of an availability query in UTC; 422 unless `to` is after `from` and the window
+    spans at most 93 days (for a resource, or a pool)."""
     start, end = to_utc(from_, "from"), to_utc(to, "to")
     if end <= start:
         raise Unprocessable.field("to", "must be after from")
     if end - start > MAX_AVAILABILITY_WINDOW:
         raise Unprocessable.field("to", "the window may span at most 93 days")
+    return start, end
+
+
+async def availability(user: AuthUser, resource_id: uuid.UUID, from_: datetime, to: datetime) -> Availability:
+    """Seats taken over `[from, to)` as maximal intervals with a constant count."""
+    start, end = availability_window(from_, to)
     await load_visible(user, resource_id)
     return await availability_of(resource_id, start, end)
