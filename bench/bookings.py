@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -62,6 +61,7 @@ from common import (  # noqa: E402
 from procs import (  # noqa: E402
     busy_cores,
     cpu_seconds,
+    interrupt_on_sigterm,
     machine_busy_seconds,
     own_cpu_seconds,
     postgres_cpu_by_pid,
@@ -363,13 +363,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt_on_sigterm()
     started = time.monotonic()
     texts: list[str] = []
     records: list[dict] = []

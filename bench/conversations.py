@@ -94,6 +94,7 @@ from procs import (  # noqa: E402
     busy_cores,
     cpu_seconds,
     die_with_parent,
+    interrupt_on_sigterm,
     machine_busy_seconds,
     own_cpu_seconds,
     postgres_cpu_by_pid,
@@ -1459,17 +1460,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     fd_limit = raise_fd_limit()  # before any child starts: the API inherits it
     if args.poster_mode:
         uvloop_run(poster_main(args.port, args.max_connections))
         return 0
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt_on_sigterm()
     # This process and the API each hold one socket per stream (the API also the poster's connections).
     sockets = args.conversations + args.providers + args.storm_customers + 1 + args.max_connections
     if sockets + 512 > fd_limit:

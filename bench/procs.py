@@ -107,3 +107,13 @@ def tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM act as Ctrl-C: a benchmark's `finally` blocks then stop its children and
+    remove its scratch data either way."""
+    signal.signal(signal.SIGTERM, _interrupt)

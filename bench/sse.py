@@ -79,7 +79,15 @@ REPO = Path(THIS_FILE).parent.parent
 sys.path.insert(0, str(REPO))
 
 from common import insert_users, mint_tokens, table  # noqa: E402
-from procs import CLK_TCK, machine_busy_seconds, own_cpu_seconds, stat_fields, stop_process, tail  # noqa: E402
+from procs import (  # noqa: E402
+    CLK_TCK,
+    interrupt_on_sigterm,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    stat_fields,
+    stop_process,
+    tail,
+)
 from rawhttp import (  # noqa: E402
     SseProtocol,
     open_stream,
@@ -1215,10 +1223,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_fd_limit()
@@ -1230,7 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
         users = json.loads(Path(args.users_file).read_text())
         uvloop_run(publisher_main(args.publisher_mode, args.redis_url, users))
         return 0
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt_on_sigterm()
     if args.quick:
         plan = Plan(idle_seconds=args.idle_seconds or 5, broadcast_rate=5, broadcast_count=10, targeted_rate=200,
                     targeted_seconds=3, steps=[200, 1000, 4000], step_seconds=2, after_seconds=17)

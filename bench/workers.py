@@ -96,6 +96,7 @@ sys.path.insert(0, str(REPO))
 from procs import (  # noqa: E402
     CLK_TCK,
     die_with_parent,
+    interrupt_on_sigterm,
     machine_busy_seconds,
     own_cpu_seconds,
     stat_fields,
@@ -1311,13 +1312,9 @@ def app_worker_class(redis_url: str) -> str:
         conn.close()
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt_on_sigterm()
     started = time.monotonic()
     print(f"bench/workers.py: reminders {args.reminders}, workers {args.worker_counts}, schedulers "
           f"{args.schedulers}, emails {args.emails}; {os.cpu_count()} cores", flush=True)

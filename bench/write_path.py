@@ -67,6 +67,7 @@ from procs import (  # noqa: E402
     busy_cores,
     cpu_seconds,
     die_with_parent,
+    interrupt_on_sigterm,
     machine_busy_seconds,
     own_cpu_seconds,
     postgres_cpu_by_pid,
@@ -841,10 +842,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wrk = find_wrk()
@@ -852,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/write_path.py needs wrk, the HTTP load generator: `apt-get install wrk` (Debian/Ubuntu), "
               "or set BENCH_WRK to its path", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt_on_sigterm()
     started = time.monotonic()
     idle_load = busy_cores(1.0)
     print(f"bench/write_path.py: concurrency {args.concurrency} ({args.threads} wrk threads), {args.requests} "

@@ -153,6 +153,30 @@ async def events_until_mark(stream: SSEStream, last: str) -> list[SSEEvent]:
     return events[:-1]
 
 
+def poll_cursor(actor: Actor) -> str:
+    """The actor's long-poll cursor now: `events_since` reads what is published after it."""
+    answer = poll(actor.http, timeout=0)
+    assert answer.status_code == 200, answer.text
+    cursor: str = answer.json()["cursor"]
+    return cursor
+
+
+def events_since(actor: Actor, cursor: str, admin: Actor, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Every event the actor's long-poll reads after `cursor`, up to a `test.mark` that `admin`
+    publishes now (after every committed change's events), so nothing that was going to arrive is
+    missing; the mark itself left out."""
+    last = mark(admin)
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not any(e["id"] == last for e in events):
+        assert time.monotonic() < deadline, f"the mark {last} did not come within {timeout} s: {events}"
+        body = ok(poll(actor.http, cursor=cursor, timeout=2))
+        assert not [e for e in body["events"] if e["type"] == "stream.reset"], body
+        events += body["events"]
+        cursor = body["cursor"]
+    return [e for e in events if e["id"] != last]
+
+
 def ok(answer: httpx.Response, status: int = 200) -> dict[str, Any]:
     assert answer.status_code == status, answer.text
     body: dict[str, Any] = answer.json()

@@ -14,11 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from app.db.prepared import Prepared
-from app.db.tables import Booking, Resource
+from app.db.tables import Resource
 from app.db.transactions import for_update
 from app.errors import Conflict, Unprocessable
-from app.resources.capacity import HOLDS_SEATS, Interval, peak_seats
-from app.resources.seats import seat_holders
+from app.resources.capacity import Interval, peak_seats
+from app.resources.seats import seat_holders, seat_holders_by_resource
 
 
 def _select_bookable_resource(resource_id: uuid.UUID) -> Any:
@@ -69,12 +69,7 @@ async def pick_from_pool(
         Resource.pool_id == pool_id, Resource.offered(), Resource.capacity >= seats) if r["id"] not in exclude]
     if not candidates:
         return None
-    taken: dict[uuid.UUID, list[Interval]] = {r["id"]: [] for r in candidates}
-    for held in await Booking.select(Booking.resource_id, Booking.starts_at, Booking.ends_at, Booking.seats).where(
-        Booking.resource_id.is_in(list(taken)), Booking.status.is_in(list(HOLDS_SEATS)),
-        Booking.starts_at < ends_at, Booking.ends_at > starts_at,
-    ):
-        taken[held["resource_id"]].append((held["starts_at"], held["ends_at"], held["seats"]))
+    taken = await seat_holders_by_resource([r["id"] for r in candidates], starts_at, ends_at)
     candidates.sort(key=lambda r: (r["last_offered_at"] is not None, r["last_offered_at"] or now, str(r["id"])))
     for candidate in candidates:
         if peak_seats(taken[candidate["id"]], starts_at, ends_at) + seats > candidate["capacity"]:

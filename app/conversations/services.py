@@ -26,8 +26,7 @@ from app.conversations.schemas import (
     to_message_read,
 )
 from app.db.prepared import Prepared, insert_rows
-from app.db.tables import Booking, Conversation, Message, MessageReceipt, User
-from app.db.transactions import lock_row
+from app.db.tables import Conversation, Message, MessageReceipt, User
 from app.effects import Effects
 from app.errors import Unprocessable
 from app.job_queue import EMAIL_UNREAD, unread_email_job_id
@@ -185,9 +184,8 @@ async def record_receipts(user: AuthUser, booking_id: uuid.UUID, data: ReceiptRe
     stamp the messages everyone else has now received or read, and tell the participants."""
     if data.delivered_up_to is None and data.read_up_to is None:
         raise Unprocessable.field("body", "send delivered_up_to and/or read_up_to")
-    booking = await visible_booking(user, booking_id)
     async with effects.change() as change:
-        await lock_row(Booking, booking_id)
+        booking = await locked_visible_booking(user, booking_id)  # receipts of one booking queue here
         delivered = await _seq_of(booking_id, data.delivered_up_to, "delivered_up_to")
         read = await _seq_of(booking_id, data.read_up_to, "read_up_to")
         old = await _receipt(booking_id, user.id)

@@ -9,13 +9,14 @@ from typing import Any
 
 import msgspec
 
-from app.db.tables import Booking, Pool, Resource
+from app.db.tables import Pool, Resource
 from app.db.transactions import lock_row, write_transaction
 from app.errors import Conflict, NotFound, PermissionDenied, Unprocessable
 from app.pagination import keyset_page
 from app.pools.schemas import PoolAvailability, PoolCreate, PoolRead, PoolUpdate
-from app.resources.capacity import HOLDS_SEATS, occupancy
+from app.resources.capacity import occupancy
 from app.resources.schemas import BusyInterval
+from app.resources.seats import seat_holders_by_resource
 from app.resources.services import availability_window
 from app.security import AuthUser
 
@@ -91,9 +92,7 @@ async def availability(user: AuthUser, pool_id: uuid.UUID, from_: datetime, to: 
     members = await Resource.select(Resource.id, Resource.capacity).where(
         Resource.pool_id == pool_id, Resource.offered())
     capacity = sum(r["capacity"] for r in members)
-    holders = await Booking.select(Booking.starts_at, Booking.ends_at, Booking.seats).where(
-        Booking.resource_id.is_in([r["id"] for r in members]), Booking.status.is_in(list(HOLDS_SEATS)),
-        Booking.starts_at < end, Booking.ends_at > start) if members else []
+    holders = await seat_holders_by_resource([r["id"] for r in members], start, end)
     busy = [BusyInterval(starts_at=s, ends_at=e, seats_taken=n, seats_left=max(capacity - n, 0))
-            for s, e, n in occupancy([(h["starts_at"], h["ends_at"], h["seats"]) for h in holders], start, end)]
+            for s, e, n in occupancy([h for each in holders.values() for h in each], start, end)]
     return PoolAvailability(pool_id=pool_id, capacity=capacity, from_=start, to=end, busy=busy)

@@ -26,6 +26,20 @@ async def seat_holders(
     return [(r["starts_at"], r["ends_at"], r["seats"]) for r in rows if r["id"] != ignore]
 
 
+async def seat_holders_by_resource(
+    resource_ids: list[uuid.UUID], start: datetime, end: datetime
+) -> dict[uuid.UUID, list[Interval]]:
+    """`seat_holders` of several resources in one read (a pool's): each id, with its holders."""
+    holders: dict[uuid.UUID, list[Interval]] = {resource_id: [] for resource_id in resource_ids}
+    if resource_ids:
+        for row in await Booking.select(Booking.resource_id, Booking.starts_at, Booking.ends_at, Booking.seats).where(
+            Booking.resource_id.is_in(resource_ids), Booking.status.is_in(sorted(HOLDS_SEATS)),
+            Booking.starts_at < end, Booking.ends_at > start,
+        ):
+            holders[row["resource_id"]].append((row["starts_at"], row["ends_at"], row["seats"]))
+    return holders
+
+
 def availability_from(
     resource_id: uuid.UUID, capacity: int, holders: list[Interval], start: datetime, end: datetime
 ) -> Availability:

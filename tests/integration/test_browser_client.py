@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import running_api
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, running_api
 from test_browser_live import CHROMIUM, CHROMIUM_ARGS, auth, private_redis, register
 
 try:
@@ -48,7 +48,7 @@ class Site:
     def __init__(self, base_url: str, browser: Browser) -> None:
         self.base_url, self.browser = base_url, browser
         self.http = httpx.Client(base_url=base_url, timeout=30)
-        answer = self.http.post("/v1/auth/token", json={"email": "admin@example.test", "password": "admin-password"})
+        answer = self.http.post("/v1/auth/token", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
         self.admin = answer.json()["access_token"] if answer.status_code == 200 else None
 
     def publish(self, user_id: str, event_type: str = "test.ping") -> str:
@@ -91,8 +91,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         pytest.skip(f"{CHROMIUM} is missing")
     base = tmp_path_factory.mktemp("browser-client")
     with private_redis(base / "redis") as redis_url, \
-            running_api(base, redis_url, SSE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
-                        ADMIN_EMAIL="admin@example.test", ADMIN_PASSWORD="admin-password") as (url, _), \
+            running_api(base, redis_url, SSE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS)) as (url, _), \
             sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -222,8 +221,7 @@ def test_stream_closing_reconnects_at_once_with_a_new_token_and_misses_nothing(s
     about 2 s; the client reconnects at once (a fresh stream token, `last_event_id`) while events
     keep coming, and never falls back to polling."""
     with private_redis(tmp_path / "redis") as redis_url, \
-            running_api(tmp_path, redis_url, SSE_MAX_AGE="2s", ADMIN_EMAIL="admin@example.test",
-                        ADMIN_PASSWORD="admin-password") as (url, _):
+            running_api(tmp_path, redis_url, SSE_MAX_AGE="2s") as (url, _):
         short = Site(url, site.browser)
         user_id, token = register(short.http, "customer")
         start = short.cursor(token)

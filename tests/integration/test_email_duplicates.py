@@ -32,7 +32,7 @@ from typing import Any
 
 import test_email_workers as email_workers
 from conftest import Actor
-from events import mark, poll
+from events import events_since, poll_cursor
 from redis import Redis
 from test_email_workers import (
     SinkHandler,
@@ -115,31 +115,6 @@ def uncertain_attempts(stack: Stack, delivery_id: str) -> int:
     return count
 
 
-def admin_cursor(admin: Actor) -> str:
-    """The long-poll cursor now: events published after this are read by `admin_events_since`."""
-    answer = poll(admin.http)
-    assert answer.status_code == 200, answer.text
-    cursor: str = answer.json()["cursor"]
-    return cursor
-
-
-def admin_events_since(admin: Actor, cursor: str, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """Every event an admin's long-poll reads after `cursor`, up to a `test.mark` published now
-    (after every committed change's events), so nothing that was going to arrive is missing."""
-    last = mark(admin)
-    events: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while not any(e["id"] == last for e in events):
-        assert time.monotonic() < deadline, f"the mark {last} did not come within {timeout} s: {events}"
-        answer = poll(admin.http, cursor=cursor, timeout=2)
-        assert answer.status_code == 200, answer.text
-        body = answer.json()
-        assert not [e for e in body["events"] if e["type"] == "stream.reset"], body
-        events += body["events"]
-        cursor = body["cursor"]
-    return [e for e in events if e["id"] != last]
-
-
 def alerts_for(events: list[dict[str, Any]], delivery_id: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == "system.alert" and e["data"].get("delivery_id") == delivery_id]
 
@@ -151,14 +126,14 @@ def test_slow_smtp_reply_is_resent_at_most_once(stack: Stack) -> None:
     handler = SinkHandler(stall=lambda attempt: SLOW_REPLY)
     settings = email_settings(stack, handler)
     story: Story = open_shop(stack, settings)
-    cursor = admin_cursor(story.admin)
+    cursor = poll_cursor(story.admin)
     stack.start("scheduler", settings, "scheduler.log")
     stack.start("worker", settings, "worker.log")
     booking = book(story.customer, story.resource["id"], 30)
 
     items = settle(stack, story.admin, booking["id"], "failed", 45)
     copies = copies_by_message_id(handler, items)
-    events = admin_events_since(story.admin, cursor)
+    events = events_since(story.admin, cursor, story.admin)
     for key, delivery in items.items():
         sent = copies[key]
         assert len(sent) == 2, f"{key}: transmitted {len(sent)} times, at most one resend allowed: {show(sent)}"
@@ -222,7 +197,7 @@ def test_refused_then_accepted_sends_once(stack: Stack) -> None:
     handler = SinkHandler(reply=lambda attempt: "451 try later" if attempt <= refusals else "250 OK")
     settings = email_settings(stack, handler)
     story = open_shop(stack, settings)
-    cursor = admin_cursor(story.admin)
+    cursor = poll_cursor(story.admin)
     stack.start("scheduler", settings, "scheduler.log")
     stack.start("worker", settings, "worker.log")
     booking = book(story.customer, story.resource["id"], 30)
@@ -235,7 +210,7 @@ def test_refused_then_accepted_sends_once(stack: Stack) -> None:
         assert delivery["attempts"] == refusals + 1 and delivery["last_error"] is None, delivery
         assert uncertain_attempts(stack, delivery["id"]) == 0, f"{key}: a refusal counted as uncertain"
     assert Counter(t.accepted for t in handler.snapshot())[True] == len(items), "one accepted copy per email"
-    events = admin_events_since(story.admin, cursor)
+    events = events_since(story.admin, cursor, story.admin)
     assert not [e for e in events if e["type"] == "system.alert"], events
 
 

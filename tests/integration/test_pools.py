@@ -6,13 +6,12 @@ with real workers, are in test_pool_deadlines.py; the 40-request race in test_ca
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import pytest
 from conftest import Actor, Cast, Server, assert_problem, at, make_resource, register
-from events import ok, outbox_settled, poll
+from events import events_since, ok, poll_cursor
 
 POOL_FIELDS = {"id", "name", "description", "active", "created_at", "updated_at"}
 
@@ -29,23 +28,6 @@ def join(owner: Actor, pool_id: str | None, **fields: Any) -> dict[str, Any]:
 def book_pool(customer: Actor, pool_id: str, start_hours: float, **fields: Any) -> Any:
     return customer.http.post("/v1/bookings", json={"pool_id": pool_id, "starts_at": at(start_hours),
                                                     "ends_at": at(start_hours + 1), **fields})
-
-
-def cursor_of(actor: Actor) -> str:
-    cursor: str = ok(poll(actor.http, timeout=0))["cursor"]
-    return cursor
-
-
-def events_since(actor: Actor, cursor: str, until: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The actor's events after `cursor`, read over the long-poll until one of type `until` came."""
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while not any(e["type"] == until for e in seen):
-        assert time.monotonic() < deadline, f"no {until} within {timeout} s: {[e['type'] for e in seen]}"
-        page = ok(poll(actor.http, cursor=cursor, timeout=2))
-        seen += page["events"]
-        cursor = page["cursor"]
-    return seen
 
 
 def test_admins_manage_pools_and_everyone_reads_the_active_ones(cast: Cast) -> None:
@@ -150,7 +132,7 @@ def test_a_rejected_request_moves_on_as_one_change_until_none_is_left(server: Se
     booking = ok(book_pool(cast.customer, pool["id"], 400), 201)
     first_owner = owners[booking["owner_id"]]
     ok(first_owner.http.post(f"/v1/bookings/{booking['id']}/messages", json={"body": "Hello from the first"}), 201)
-    cursors = {actor.id: cursor_of(actor) for actor in (cast.customer, *owners.values())}
+    cursors = {actor.id: poll_cursor(actor) for actor in (cast.customer, *owners.values())}
 
     moved = ok(first_owner.http.post(f"/v1/bookings/{booking['id']}/reject", json={"reason": "Fully booked"}))
     second = next(m for m in members.values() if m["id"] != booking["resource_id"])
@@ -175,15 +157,12 @@ def test_a_rejected_request_moves_on_as_one_change_until_none_is_left(server: Se
         ("reassign", "pending", "pending", first_owner.id, "Fully booked")], history
     # booking.reassigned to the customer and both owners (once each), nothing to the busy third owner.
     for actor in (cast.customer, first_owner, second_owner):
-        events = [e for e in events_since(actor, cursors[actor.id], "booking.reassigned")
-                  if e["type"] == "booking.reassigned"]
+        events = [e for e in events_since(actor, cursors[actor.id], cast.admin) if e["type"] == "booking.reassigned"]
         assert len(events) == 1, events
         data = events[0]["data"]
         assert data["from_resource_id"] == booking["resource_id"] and data["from_owner_id"] == first_owner.id
         assert {k: data[k] for k in moved} == moved
-    outbox_settled(cast.admin.http)
-    assert not [e for e in ok(poll(third.http, cursor=cursors[third.id], timeout=0))["events"]
-                if e["type"] == "booking.reassigned"]
+    assert not [e for e in events_since(third, cursors[third.id], cast.admin) if e["type"] == "booking.reassigned"]
     # Notifications: the customer and the new owner (the previous one acted).
     for actor, expected in ((cast.customer, 1), (second_owner, 1), (first_owner, 0)):
         items = ok(actor.http.get("/v1/notifications", params={"limit": 200}))["items"]
