@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 
 from app.accounts.controllers import AuthController, MeController, UserController
@@ -20,10 +22,11 @@ from app.email.controllers import EmailAdminController
 from app.errors import EXCEPTION_HANDLERS
 from app.health import HealthController
 from app.lifespan import lifespan
-from app.live_page import home, live_page
+from app.live_page import live_page
 from app.metrics import Metrics, count_requests, metrics_endpoint
 from app.notifications.controllers import NotificationController
 from app.pools.controllers import PoolController
+from app.portal import TEMPLATES, assets, booking_page, home, portal_page
 from app.realtime.controllers import EventController
 from app.realtime.stream import with_event_stream
 from app.resources.controllers import ResourceController
@@ -44,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController, metrics_endpoint, AuthController, MeController, UserController, ResourceController,
             BookingController, NotificationController, EventController, AdminController, home, live_page,
             EmailAdminController, MessageController, ConversationController, PoolController, client_file,
+            portal_page, booking_page, assets,
         ],
         lifespan=[lifespan(settings, engine)],
         state=State({"settings": settings, "tokens": TokenCodec(settings), "metrics": Metrics()}),
@@ -57,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="Bookwire", version="1", path="/schema",
             render_plugins=[ScalarRenderPlugin(path="/"), SwaggerRenderPlugin(path="/swagger")],
         ),
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         debug=False,
     )
 

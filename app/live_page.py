@@ -10,7 +10,6 @@ from functools import cache
 from pathlib import Path
 
 from litestar import MediaType, get
-from litestar.response import Redirect
 
 _PAGE = Path(__file__).parent / "static" / "live.html"
 
@@ -18,12 +17,6 @@ _PAGE = Path(__file__).parent / "static" / "live.html"
 @cache
 def _page() -> str:
     return _PAGE.read_text()
-
-
-@get("/", include_in_schema=False, sync_to_thread=False)
-def home() -> Redirect:
-    """`/` leads to the interactive API docs (until there is a portal to lead to)."""
-    return Redirect("/schema", status_code=302)
 
 
 @get("/live", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)

@@ -1,4 +1,4 @@
-"""`POST /v1/admin/announcements` and `GET /v1/admin/presence`."""
+"""`POST /v1/admin/announcements`, `GET /v1/admin/presence` and `GET /v1/admin/stats`."""
 
 from typing import Any, Literal
 
@@ -6,6 +6,7 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import Provide
 
+from app.admin.stats import Stats, stats
 from app.idempotency import IdempotencyKey, Remember, run_once
 from app.realtime.events import BROADCAST, role_channel
 from app.security import AuthUser, admin_only, current_user
@@ -62,3 +63,8 @@ class AdminController(Controller):
         snapshot = await request.app.state.presence.snapshot()
         return Presence(online=snapshot["online"], streams=snapshot["streams"])
 
+
+    @get("/stats", operation_id="stats")
+    async def stats(self, user: AuthUser) -> Stats:
+        """Counts for the admin's dashboard: bookings by status, email deliveries by status."""
+        return await stats()

@@ -53,6 +53,9 @@ class BookingRead(msgspec.Struct):
     updated_at: datetime
     pool_id: uuid.UUID | None = None
     """The pool it was requested from (it may move on within it), or null."""
+    offered_at: datetime | None = None
+    """When the current owner was asked: `created_at`, or the last move of a pooled request. A
+    pending booking's time left to answer runs from here (its resource's response deadline)."""
 
 
 class ReassignedBooking(BookingRead, kw_only=True):
@@ -84,7 +87,9 @@ class ReminderRead(msgspec.Struct):
 
 def to_booking_read(row: dict[str, Any]) -> BookingRead:
     """A `bookings` row as the API shows it."""
-    return BookingRead(**{name: row[name] for name in BookingRead.__struct_fields__})
+    read = BookingRead(**{name: row[name] for name in BookingRead.__struct_fields__ if name != "offered_at"})
+    read.offered_at = row.get("offered_at") or row["created_at"]  # a row being inserted has none yet
+    return read
 
 
 def to_reminder_read(row: dict[str, Any]) -> ReminderRead:

@@ -25,8 +25,9 @@ export type Transport = "auto" | "sse" | "poll";
 export interface BookwireOptions {
   /** Where the API is; "" (default) for the page's own origin. */
   baseUrl?: string;
-  /** An access token; called whenever one is needed, so it may refresh it. */
-  getAccessToken: () => Promise<string>;
+  /** An access token; called whenever one is needed, so it may refresh it. An empty string or null
+   * sends no Authorization header (for `request()` to sign-in and registration). */
+  getAccessToken: () => Promise<string | null>;
   /** Extra channels to follow, e.g. ["resource:<id>"]. */
   topics?: string[];
   /** "auto" (default): SSE, falling back to long-poll; or only "sse", or only "poll". */

@@ -112,7 +112,9 @@ export class Bookwire {
 
   /** Call the JSON API with the access token; the parsed answer (null for 204), or a BookwireError. */
   async request(method, path, body) {
-    const headers = { Authorization: `Bearer ${await this.getAccessToken()}`, Accept: "application/json" };
+    const headers = { Accept: "application/json" };
+    const token = await this.getAccessToken();
+    if (token) headers.Authorization = `Bearer ${token}`;  // none for sign-in and registration
     const init = { method, headers };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
