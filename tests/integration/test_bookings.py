@@ -13,8 +13,8 @@ def test_booking_object_has_the_documented_fields(server: Server, cast: Cast) ->
     resource = make_resource(cast.owner, price_cents=1250, currency="USD", capacity=4)
     booking = make_booking(cast.customer, resource["id"], seats=2, notes="Window seat,\nplease")
     assert set(booking) == {"id", "resource_id", "customer_id", "owner_id", "starts_at", "ends_at", "seats",
-                            "notes", "status", "price_cents", "currency", "version", "pool_id", "offered_at", "created_at",
-                            "updated_at"}
+                            "notes", "status", "price_cents", "currency", "version", "pool_id", "offered_at",
+                            "created_at", "updated_at"}
     assert booking["customer_id"] == cast.customer.id and booking["owner_id"] == cast.owner.id
     assert booking["status"] == "pending" and booking["version"] == 1
     assert booking["price_cents"] == 2500 and booking["currency"] == "USD"

@@ -143,7 +143,7 @@ function start() {
   client.on("reset", () => render());  // events were missed beyond replay: refetch the page
   fill(document.getElementById("nav"), NAV[user.role].map(([href, label, , badge]) => {
     const link = h("a", { href }, label);
-    if (badge) link.append(badges[badge] = h("span", { class: "badge", hidden: true, "aria-label": `new ${label}` }));
+    if (badge) link.append(badges[badge] = h("span", { class: "badge", id: `badge-${badge}`, hidden: true, "aria-label": `new ${label}` }));
     return link;
   }));
   fill(document.getElementById("account"), accountArea(user));

@@ -27,7 +27,7 @@ export async function bookingsView(ctx) {
     return h("tr", { dataset: { bookingId: booking.id, version: String(booking.version) } },
       h("td", {}, when(booking.starts_at)),
       h("td", {}, resource ? resource.name : "A resource"),
-      h("td", {}, String(booking.seats)),
+      h("td", {}, `${booking.seats} seat${booking.seats === 1 ? "" : "s"}`),
       h("td", { class: "price" }, money(booking.price_cents, booking.currency)),
       h("td", {}, statusBadge(booking.status)),
       h("td", {}, h("div", { class: "row" },
