@@ -1,10 +1,6 @@
-"""`GET /live`: a small page that follows the signed-in user's events in the browser; and `GET /`,
-which leads a browser to the API docs.
-
-It shows how a browser should use the stream: trade the access token for a stream token, open an
-`EventSource`, let it reconnect by itself (it sends `Last-Event-ID`), and after `stream.closing` or
-a refused reconnect, open a new one with a fresh stream token and `?last_event_id=`.
-"""
+"""`GET /live`: a thin demo of the browser client (`/client/bookwire.js`) that lists the signed-in
+user's events as they arrive; the access token goes in the URL fragment (`/live#token=...`), which
+browsers never send to a server. The product's pages are the portal (`app/portal.py`)."""
 
 from functools import cache
 from pathlib import Path
@@ -21,5 +17,5 @@ def _page() -> str:
 
 @get("/live", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
 def live_page() -> str:
-    """The live events page (the access token goes in the URL fragment: `/live#token=...`)."""
+    """The live events demo page."""
     return _page()

@@ -18,13 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, auth, private_redis, register, require_browser
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, running_api
-from test_browser_live import CHROMIUM, CHROMIUM_ARGS, auth, private_redis, register
 
-try:
-    from playwright.sync_api import Browser, Page, Route, sync_playwright
-except ImportError:
-    pytest.skip("the Python package playwright is missing (pip install -e '.[test]')", allow_module_level=True)
+require_browser()
+
+from playwright.sync_api import Browser, Page, Route, sync_playwright  # noqa: E402
 
 WAIT_MS = 15_000
 HEARTBEAT_SECONDS = 1
@@ -87,8 +86,6 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is missing")
     base = tmp_path_factory.mktemp("browser-client")
     with private_redis(base / "redis") as redis_url, \
             running_api(base, redis_url, SSE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS)) as (url, _), \

@@ -1,14 +1,12 @@
-"""The `/live` page in a real browser (headless Chromium): live events, and resuming after a dropped connection.
+"""The `/live` page (the browser client's demo) in a real browser (headless Chromium): live events,
+and resuming after the server dies.
 
 Two API processes share one SQLite database and one private Redis, like two instances behind a load
 balancer. The browser follows a customer's events through instance A; the test kills A outright
 (SIGKILL: no `stream.closing`, the socket just goes away), publishes events through instance B while
-the browser is cut off, and starts A again on the same port. The browser's own `EventSource` must then
-reconnect by itself, sending `Last-Event-ID`, and the page must show every missed event exactly once
-and in order: the same list, id for id, that the long-poll endpoint returns for the customer.
-
-Needs Debian's Chromium at /usr/bin/chromium and the Python package `playwright` (`tests/run` installs
-both where it can); skipped otherwise.
+the browser is cut off, and starts A again on the same port. The client must reconnect by itself,
+with a fresh stream token and `?last_event_id=`, and the page must show every missed event exactly
+once and in order: the same list, id for id, that the long-poll endpoint returns for the customer.
 """
 
 from __future__ import annotations
@@ -16,33 +14,24 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import httpx
-import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, auth, private_redis, register, require_browser
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, at, bookwire, bookwire_env, running_api, wait_for_http
 from events import outbox_settled
 
-from app.embedded_redis import EmbeddedRedis, free_port
+from app.embedded_redis import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+require_browser()
+
+from playwright.sync_api import Error as PlaywrightError  # noqa: E402
+from playwright.sync_api import Page, Response, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
+
 WAIT_MS = 15_000  # the longest the test waits for the page to show something
 STREAM_PATH = "/v1/events/stream"
-
-if not CHROMIUM.is_file():
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; tests/run does it as root)",
-                allow_module_level=True)
-try:
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import Page, Response, expect, sync_playwright
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-except ImportError:
-    pytest.skip("the Python package playwright is missing (pip install -e '.[test]')", allow_module_level=True)
 
 
 class ApiOnPort:
@@ -74,40 +63,17 @@ class ApiOnPort:
             self.process.wait(timeout=10)
 
 
-@contextmanager
-def private_redis(data_dir: Path) -> Iterator[str]:
-    """A Redis of this test alone, so no other test's broadcasts reach the page."""
-    server = EmbeddedRedis(data_dir, persist=False)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-def register(http: httpx.Client, role: str) -> tuple[str, str]:
-    """A new user of `role`; their id and access token."""
-    body = {"email": f"{role}-{uuid.uuid4().hex[:10]}@example.test", "password": "password-123",
-            "name": f"Browser {role}", "role": role}
-    answer = http.post("/v1/auth/register", json=body)
-    assert answer.status_code == 201, answer.text
-    return answer.json()["user"]["id"], answer.json()["access_token"]
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def shown(page: Page) -> list[tuple[str, str]]:
     """The (id, type) of every event the page lists, top to bottom."""
     items: list[list[str]] = page.eval_on_selector_all(
-        "#events li", "items => items.map(li => [li.dataset.id, li.dataset.type])")
+        "#events li[data-id]", "items => items.map(li => [li.dataset.id, li.dataset.type])")
     return [(event_id, event_type) for event_id, event_type in items]
 
 
 def wait_until_shown(page: Page, count: int) -> list[tuple[str, str]]:
     """Wait (bounded) until the page lists at least `count` events; then all of them, however many came."""
     try:
-        page.wait_for_function("n => document.querySelectorAll('#events li').length >= n", arg=count,
+        page.wait_for_function("n => document.querySelectorAll('#events li[data-id]').length >= n", arg=count,
                                timeout=WAIT_MS)
     except PlaywrightTimeoutError:
         pass  # the caller's comparison says what is missing
@@ -172,8 +138,8 @@ def _scenario(api_a: ApiOnPort, url_b: str, tmp_path: Path) -> None:
                 token_requests: list[str] = []
                 page.on("request", lambda r: token_requests.append(r.url) if "/stream-token" in r.url else None)
 
-                page.goto(f"{api_a.url}/live#token={customer}")
-                expect(page.locator("#state")).to_have_text("open", timeout=WAIT_MS)
+                page.goto(f"{api_a.url}/live#token={customer}&transport=sse")
+                expect(page.locator("#state")).to_have_text("live", timeout=WAIT_MS)
 
                 # A live event: the customer books over HTTP, the page shows booking.created for it.
                 answer = httpx.post(f"{api_a.url}/v1/bookings", headers=auth(customer), timeout=30,
@@ -190,7 +156,7 @@ def _scenario(api_a: ApiOnPort, url_b: str, tmp_path: Path) -> None:
 
                 # The connection drops: instance A dies. The browser notices and retries on its own.
                 api_a.kill()
-                expect(page.locator("#state")).to_have_text("reconnecting", timeout=WAIT_MS)
+                expect(page.locator("#state")).to_have_text("connecting", timeout=WAIT_MS)
                 answer = via_b.post(f"/v1/bookings/{booking_id}/confirm", headers=auth(owner))
                 assert answer.status_code == 200, answer.text
                 outbox_settled(via_b)  # the confirmation's events first, then the announcements
@@ -199,7 +165,7 @@ def _scenario(api_a: ApiOnPort, url_b: str, tmp_path: Path) -> None:
                 api_a.start()  # same port, same database and Redis
 
                 # Back: everything missed, once, in order; then a live event to prove the seam is clean.
-                expect(page.locator("#state")).to_have_text("open", timeout=WAIT_MS)
+                expect(page.locator("#state")).to_have_text("live", timeout=WAIT_MS)
                 sentinel = announce(via_b, admin, "After the reconnect")
                 everything = expected()
                 assert everything[-1] == (sentinel, "announcement"), everything
@@ -213,15 +179,14 @@ def _scenario(api_a: ApiOnPort, url_b: str, tmp_path: Path) -> None:
                 confirmed = page.locator("#events li[data-type='booking.confirmed']")
                 expect(confirmed).to_contain_text(booking_id)
 
-                # It was the EventSource's own reconnect: the same URL (the stream token was still good),
-                # no new stream token, `Last-Event-ID` set to the last event the page had.
+                # The client's reconnect: a fresh stream token, and the last event the page had.
                 opened = [r for r in streams if r.status == 200]
                 assert len(opened) == 2, [(r.url, r.status) for r in streams]
-                first, again = opened
-                assert again.url == first.url and "last_event_id" not in again.url, again.url
-                assert "last-event-id" not in first.request.all_headers()
-                assert again.request.all_headers().get("last-event-id") == before[-1][0], again.request.all_headers()
-                assert len(token_requests) == 1, token_requests
+                first, again = (parse_qs(urlparse(r.url).query) for r in opened)
+                assert "last_event_id" not in first, first
+                assert again["last_event_id"] == [before[-1][0]], again
+                assert first["access_token"] != again["access_token"]
+                assert len(token_requests) >= 2, token_requests
             finally:
                 if page is not None:
                     with contextlib.suppress(PlaywrightError):  # a failed screenshot must not hide the real failure
