@@ -165,9 +165,10 @@ def up(settings: Settings) -> None:
             children.append(subprocess.Popen([sys.executable, "-m", "app.cli", part], env=env))
         base = _local_url(settings)
         print(f"Bookwire:        {base}  (the JSON API is under /v1)\n"
+              f"Portal:          {base}/app  (sign in or register)\n"
               f"API docs (UI):   {base}/schema\n"
               f"OpenAPI JSON:    {base}/schema/openapi.json\n"
-              f"Live events:     {base}/live  (open it as /live#token=<access token>)\n"
+              f"Client demo:     {base}/live  (open it as /live#token=<access token>)\n"
               f"Health:          {base}/health\n"
               f"Readiness:       {base}/ready", flush=True)
         api(settings)

@@ -12,6 +12,8 @@ from litestar.response import Redirect, Template
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
+from app.validation import BROWSER_PAGE
+
 TEMPLATES = Path(__file__).parent / "templates"
 _ASSETS = Path(__file__).parent / "static" / "portal"
 
@@ -36,13 +38,13 @@ def home() -> Redirect:
     return Redirect("/app", status_code=302)
 
 
-@get(["/app", "/app/{view:path}"], include_in_schema=False, sync_to_thread=False)
+@get(["/app", "/app/{view:path}"], include_in_schema=False, sync_to_thread=False, opt={BROWSER_PAGE: True})
 def portal_page() -> Template:
     """The portal's shell; the view is chosen in the browser from the path."""
     return _shell()
 
 
-@get("/bookings/{booking_id:uuid}", include_in_schema=False, sync_to_thread=False)
+@get("/bookings/{booking_id:uuid}", include_in_schema=False, sync_to_thread=False, opt={BROWSER_PAGE: True})
 def booking_page(booking_id: uuid.UUID) -> Template:
     """A booking's page: the shell, which shows the booking once the visitor has signed in."""
     return _shell()

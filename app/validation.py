@@ -40,6 +40,11 @@ AUTHENTICATING_DEPENDENCIES = ("user", "publisher", "principal")
 """Dependencies that authenticate the caller from the request alone (each caches its answer)."""
 
 
+# A handler's `opt` flag: the portal's pages, whose query string is read by the page's own script
+# (e.g. `/app/bookings?status=pending`), not by the server.
+BROWSER_PAGE = "browser_page"
+
+
 async def validate_request(request: Request[Any, Any, Any]) -> None:
     """`before_request` hook of the app: the query string, then the body."""
     await check_query(request)
@@ -55,7 +60,7 @@ async def _authenticate(request: Request[Any, Any, Any]) -> None:
 
 async def check_query(request: Request[Any, Any, Any]) -> None:
     """422 for a query parameter the handler does not declare, or one given more than once."""
-    if not request.scope["query_string"]:
+    if not request.scope["query_string"] or request.route_handler.opt.get(BROWSER_PAGE):
         return
     names, repeatable = _declared_query(request)
     try:

@@ -37,11 +37,12 @@ def _redis_port(data_dir: Path) -> int:
 
 
 def _check_printed_addresses(log_path: Path, base: str) -> None:
-    """Every address `up` printed answers 200 (`/` by way of a redirect to the docs), and the
+    """Every address `up` printed answers 200 (`/` by way of a redirect to the portal), and the
     start-up says things once: one line for the migrations, no engine banner from each process."""
     log = log_path.read_text()
     urls = {url.rstrip(".,;)") for url in re.findall(r"http://[^\s]+", log)}
-    assert {f"{base}/schema", f"{base}/schema/openapi.json", f"{base}/live", f"{base}/health"} <= urls, log
+    assert {f"{base}/app", f"{base}/schema", f"{base}/schema/openapi.json", f"{base}/live",
+            f"{base}/health"} <= urls, log
     for url in urls:
         answer = httpx.get(url, timeout=5, follow_redirects=True)
         assert answer.status_code == 200, f"{url} printed by `up` answers {answer.status_code}"
