@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from browser import require_browser
+from browser import private_redis, require_browser
+from conftest import running_api
 
 require_browser()
 
@@ -217,3 +219,18 @@ def test_a_booking_link_from_an_email_opens_that_booking_after_signing_in(portal
     expect(page.locator("#booking-status")).to_have_text("rejected", timeout=WAIT_MS)
     expect(page.locator(".history")).to_contain_text("Closed that day")
     assert time.monotonic() - started < WAIT_MS / 1000
+
+
+def test_a_session_ends_when_its_token_expires(portal: Portal, tmp_path: Path) -> None:
+    """No refresh tokens: 30 s before the access token expires (a 33 s token here), the portal
+    signs the person out and says why, on the page they were on."""
+    with private_redis(tmp_path / "redis") as redis_url, \
+            running_api(tmp_path, redis_url, ACCESS_TOKEN_TTL="33s") as (base_url, _):
+        short = Portal(base_url, portal.browser, portal.admin)
+        page = short.open(short.person("customer", "Brief Visitor"), "/app/bookings")
+        expect(page.locator("#sign-in")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("main .notice")).to_contain_text("session has ended")
+        assert page.evaluate("() => sessionStorage.getItem('bookwire.session')") is None
+        assert page.url.endswith("/app/bookings")
+        short.close_pages()
+        short.assert_no_errors()

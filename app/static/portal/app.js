@@ -30,6 +30,7 @@ const BOOKING_PAGE = /^\/bookings\/([0-9a-f-]{36})$/;
 const main = document.getElementById("main");
 let client = null;        // the tab's Bookwire client while signed in
 let page = null;          // what the current page subscribed: released on the next page
+let expiry = null;        // the timer that ends the session when its token expires
 const badges = {};        // name -> the nav badge element
 
 // ---- pages ---------------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ function showSignIn(message = "") {
 }
 
 function signOut(message = "") {
+  clearTimeout(expiry);
   page?.close();
   client?.stop();
   client = null;
@@ -137,7 +139,10 @@ function signOut(message = "") {
 }
 
 function start() {
-  const { user } = session.current();
+  const { user, expiresAt } = session.current();
+  // No refresh tokens: when the token is about to expire, the person signs in again.
+  expiry = setTimeout(() => signOut("Your session has ended; please sign in again."),
+    expiresAt - session.EARLY_MS - Date.now());
   client = new Bookwire({ getAccessToken: session.accessToken });
   client.on("state", setConnection);
   client.on("reset", () => render());  // events were missed beyond replay: refetch the page

@@ -7,7 +7,7 @@
 import { Bookwire } from "/client/bookwire.js";
 
 const KEY = "bookwire.session";
-const EARLY_MS = 30_000; // treat a token that is about to expire as gone
+export const EARLY_MS = 30_000; // treat a token that is about to expire as gone
 
 let session = load();
 

@@ -123,6 +123,7 @@ export async function bookView(ctx) {
       refreshAllSeats();
     }
   });
+  if (!shown.size) return;
   const seats = ctx.page.client([...shown.keys()].slice(0, MAX_TOPICS).map((id) => `resource:${id}`));
   seats.on("resource.availability", (event) => {
     const resource = shown.get(event.data.resource_id);
