@@ -253,7 +253,48 @@ class MessageReceipt(Table, tablename="message_receipts"):
     updated_at = Timestamptz()
 
 
+
+
+class Webhook(Table, tablename="webhooks"):
+    """An integrator's endpoint that receives the events it asks for (app/webhooks/)."""
+
+    id = UUID(primary_key=True)
+    url = Text()
+    event_types = JSONB()
+    """Exact types (`booking.confirmed`), prefixes (`booking.*`) or `*`."""
+    secret = Varchar(length=64)
+    """The Standard Webhooks signing secret (`whsec_` + base64), shown once, at creation."""
+    active = Boolean(default=True, index=True)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    updated_at = Timestamptz(default=TimestamptzNow())
+    lease_owner = Varchar(length=64, null=True, default=None)
+    lease_until = Timestamptz(null=True, default=None)
+    """The dispatcher sending this webhook's deliveries until then: one at a time, so they go in order."""
+
+
+class WebhookDelivery(Table, tablename="webhook_deliveries"):
+    """One event to POST to one webhook, and how that went. Created by the outbox relay once the
+    event is published, in order of the event's id (`event_ms`, `event_seq`)."""
+
+    id = UUID(primary_key=True)
+    webhook_id = UUID(index=True)
+    event_id = Varchar(length=32)
+    event_type = Varchar(length=100)
+    event_ms = BigInt()
+    event_seq = BigInt()
+    payload = Text()
+    """The envelope, as POSTed (signed byte for byte)."""
+    status = Varchar(length=16, index=True)  # pending, succeeded, failed
+    attempts = Integer(default=0)
+    response_status = Integer(null=True, default=None)
+    last_error = Text(null=True, default=None)
+    next_attempt_at = Timestamptz(null=True, default=None, index=True)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: list[type[Table]] = [
     User, Pool, Resource, Booking, BookingOffer, BookingHistory, Notification, EmailTemplate, EmailDelivery,
     Reminder, OutboxEntry, IdempotencyRecord, Conversation, Message, MessageReceipt,
+    Webhook, WebhookDelivery,
 ]
