@@ -27,7 +27,7 @@ from app.errors import AppError
 from app.job_queue import JobQueue
 from app.realtime.bus import RESUBSCRIBED, EventBus
 from app.realtime.hub import Hub
-from app.realtime.presence import EXPIRE_SECONDS, REFRESH_SECONDS, Presence
+from app.realtime.presence import EXPIRE_SECONDS, Presence
 from app.security import forget_account
 from app.settings import Settings
 
@@ -79,7 +79,7 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
         hub = Hub(settings.sse_queue_size, settings.sse_heartbeat_seconds, app.state.metrics.latency,
                   settings.max_streams_per_user)
         bus = EventBus(redis, settings.stream_retention)
-        presence = Presence(redis, hub, bus)
+        presence = Presence(redis, hub, bus, settings.presence_offline_after)
         jobs = JobQueue(SyncRedis.from_url(settings.redis_url, socket_connect_timeout=2))
         effects = make_effects(bus, jobs, settings, relay_node(engine))
         app.state.update(redis=redis, hub=hub, bus=bus, presence=presence, effects=effects)
@@ -89,7 +89,7 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
                                 name="bus-follow"),
             asyncio.create_task(hub.run_ticker(), name="hub-ticker"),
             asyncio.create_task(effects.relay.run(), name="outbox-relay"),
-            asyncio.create_task(_every(REFRESH_SECONDS, presence.publish_counts), name="presence"),
+            asyncio.create_task(_every(presence.refresh_seconds, presence.publish_counts), name="presence"),
             asyncio.create_task(_every(EXPIRE_SECONDS, presence.expire), name="presence-expiry"),
         ]
         try:

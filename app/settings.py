@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     email_retry_intervals: tuple[int, ...] = (10, 30, 60, 300, 900)
     email_send_timeout: int = 30
     message_email_delay: int = 600
+    webhook_retry_intervals: tuple[int, ...] = (10, 60, 600, 3600, 21600)
+    webhook_allow_private: bool = False
+    """Webhooks may point at loopback, private and link-local addresses (and use plain http)."""
     """Longest one SMTP conversation may take; a send unfinished after it (worker killed) is retried."""
     sse_heartbeat_seconds: int = 15
     sse_max_age: int = 1800
@@ -85,6 +88,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_request_header_bytes: int = 32768
     """Longest request line plus headers; a longer request head is answered 431 before it is parsed."""
     stream_retention: int = 7 * 86400
+    presence_offline_after: int = 30
+    """Seconds after a user's last connection closed (or last poll) before they are announced offline."""
+    sweep_interval: int = 10
+    """How often the workers' sweep looks for lost jobs (overdue emails, reminders, deadlines)."""
     auth_rate_limit: tuple[int, int] = (60, 60)
     """Requests per client address to `/v1/auth/…` and the window in seconds (`AUTH_RATE_LIMIT=60/1m`)."""
 
@@ -121,6 +128,13 @@ def _int(text: str, name: str, minimum: int = 0) -> int:
     if value < minimum:
         raise SettingsError(f"{name}={text!r}: must be at least {minimum}")
     return value
+
+
+def _positive_duration(text: str, name: str) -> int:
+    seconds = parse_duration(text, name)
+    if seconds < 1:
+        raise SettingsError(f"{name}={text!r}: must be at least 1 s")
+    return seconds
 
 
 def parse_rate(text: str, name: str) -> tuple[int, int]:
@@ -214,6 +228,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "reminder_customer_offsets": parse_durations(
             get("REMINDER_CUSTOMER_OFFSETS") or "3h", "REMINDER_CUSTOMER_OFFSETS"
         ),
+        "webhook_retry_intervals": parse_durations(
+            get("WEBHOOK_RETRY_INTERVALS") or "10s,1m,10m,1h,6h", "WEBHOOK_RETRY_INTERVALS"
+        ),
+        "webhook_allow_private": _bool(get("WEBHOOK_ALLOW_PRIVATE") or "false", "WEBHOOK_ALLOW_PRIVATE"),
         "email_retry_intervals": parse_durations(
             get("EMAIL_RETRY_INTERVALS") or "10s,30s,1m,5m,15m", "EMAIL_RETRY_INTERVALS"
         ),
@@ -227,6 +245,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             get("MAX_REQUEST_HEADER_BYTES") or "32768", "MAX_REQUEST_HEADER_BYTES", 1024
         ),
         "stream_retention": parse_duration(get("STREAM_RETENTION") or "7d", "STREAM_RETENTION"),
+        "presence_offline_after": _positive_duration(
+            get("PRESENCE_OFFLINE_AFTER") or "30s", "PRESENCE_OFFLINE_AFTER"
+        ),
+        "sweep_interval": _positive_duration(get("SWEEP_INTERVAL") or "10s", "SWEEP_INTERVAL"),
         "auth_rate_limit": parse_rate(get("AUTH_RATE_LIMIT") or "60/1m", "AUTH_RATE_LIMIT"),
     }
     if bool(values["admin_email"]) != bool(values["admin_password"]):

@@ -33,7 +33,7 @@ from app.job_queue import EMAIL_UNREAD, unread_email_job_id
 from app.outbox.change import Change
 from app.pagination import decode_cursor, encode_cursor, keyset_page
 from app.realtime.events import rfc3339, user_channel
-from app.realtime.presence import TTL_SECONDS, Presence
+from app.realtime.presence import Presence
 from app.security import AuthUser
 from app.settings import Settings
 
@@ -295,7 +295,7 @@ async def list_conversations(user: AuthUser, presence: Presence, limit: int,
     def participant(user_id: uuid.UUID) -> Participant:
         at = seen.get(str(user_id))
         return Participant(user_id=user_id, name=people[user_id]["name"], role=people[user_id]["role"],
-                           online=at is not None and now - at < TTL_SECONDS,
+                           online=at is not None and now - at < presence.ttl,
                            last_seen_at=datetime.fromtimestamp(at, UTC) if at is not None else None)
 
     return [ConversationRead(booking_id=r["booking_id"], resource_id=r["resource_id"],

@@ -28,6 +28,7 @@ from app.realtime.hub import Hub
 
 PREFIX = "bookwire:presence:"
 TTL_SECONDS = 30
+"""The default of PRESENCE_OFFLINE_AFTER (SPEC: offline 30 s after the last connection)."""
 REFRESH_SECONDS = 10
 EXPIRE_SECONDS = 2  # how often the users gone offline are looked for
 TRANSPORTS = ("sse", "poll")
@@ -64,8 +65,11 @@ log = logging.getLogger(__name__)
 class Presence:
     """This process's share of the presence counts, and the sum over all processes."""
 
-    def __init__(self, redis: Redis, hub: Hub, bus: EventBus | None = None) -> None:
+    def __init__(self, redis: Redis, hub: Hub, bus: EventBus | None = None, ttl: int = TTL_SECONDS) -> None:
         self.redis = redis
+        self.ttl = ttl  # PRESENCE_OFFLINE_AFTER: online means seen within it
+        # Open connections are refreshed well within the TTL, or a shorter one would drop them between refreshes.
+        self.refresh_seconds = min(REFRESH_SECONDS, ttl / 3)
         self.hub = hub
         self.bus = bus  # where `presence.changed` goes (None: not announced)
         self._seen_script = redis.register_script(_SEEN_LUA)
@@ -87,7 +91,7 @@ class Presence:
 
     async def closed(self, transport: str, user_id: uuid.UUID, role: str) -> None:
         """A connection closed here (it has already left the hub). The user was there until now:
-        seen now, so that going offline is announced 30 s after the last connection closed, not
+        seen now, so that going offline is announced `ttl` s after the last connection closed, not
         up to 10 s earlier (the open stream's last refresh)."""
         self._counts_changed = True
         await self.seen(user_id, role)
@@ -105,7 +109,7 @@ class Presence:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if counts:
                     pipe.hset(self.process_key, mapping={t: self.hub.count(t) for t in TRANSPORTS})
-                    pipe.expire(self.process_key, TTL_SECONDS)
+                    pipe.expire(self.process_key, self.ttl)
                 for role, users in seen.items():
                     pipe.zadd(f"{PREFIX}online:{role}", dict.fromkeys(users, now))
                 await pipe.execute()
@@ -122,18 +126,18 @@ class Presence:
             online.setdefault(role, set()).update(users)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(self.process_key, mapping={t: self.hub.count(t) for t in TRANSPORTS})
-            pipe.expire(self.process_key, TTL_SECONDS)
+            pipe.expire(self.process_key, self.ttl)
             for role, users in online.items():
                 pipe.zadd(f"{PREFIX}online:{role}", dict.fromkeys(users, now))
             for role in ROLES:
-                pipe.zremrangebyscore(f"{PREFIX}online:{role}", 0, now - TTL_SECONDS)
+                pipe.zremrangebyscore(f"{PREFIX}online:{role}", 0, now - self.ttl)
             await pipe.execute()
         await self._seen_now([u for users in online.values() for u in users], now)
 
     async def expire(self) -> None:
         """Announce the users not seen for `TTL_SECONDS` as offline (every API process runs this
         every `EXPIRE_SECONDS`; the script hands each such user to one of them)."""
-        gone: list[Any] = await self._gone_script(keys=[ONLINE], args=[time.time() - TTL_SECONDS])
+        gone: list[Any] = await self._gone_script(keys=[ONLINE], args=[time.time() - self.ttl])
         for user_id, at in zip(gone[::2], gone[1::2], strict=True):
             await self._announce(user_id.decode(), False, float(at))
 
@@ -203,6 +207,6 @@ class Presence:
             counts = await self.redis.hgetall(key)
             for transport in TRANSPORTS:
                 streams[transport] += int(counts.get(transport.encode(), 0))
-        since = time.time() - TTL_SECONDS
+        since = time.time() - self.ttl
         online = {role: int(await self.redis.zcount(f"{PREFIX}online:{role}", since, "+inf")) for role in ROLES}
         return {"online": online, "streams": streams}

@@ -39,6 +39,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.email_retry_intervals == (10, 30, 60, 300, 900)
     assert (settings.sse_heartbeat_seconds, settings.sse_max_age, settings.sse_queue_size) == (15, 1800, 1000)
     assert settings.stream_retention == 7 * 86400
+    assert (settings.presence_offline_after, settings.sweep_interval) == (30, 10)
     assert settings.auth_rate_limit == (60, 60)
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.database_url == f"sqlite:///{tmp_path / 'bookwire.sqlite3'}"
