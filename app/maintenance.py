@@ -33,7 +33,6 @@ from app.job_queue import (
 )
 from app.realtime.bus import CHANNEL_STREAM_PATTERN, GLOBAL_STREAM
 
-SWEEP_INTERVAL_SECONDS = 10
 CLEANUP_INTERVAL_SECONDS = 3600
 KEEP_DAYS = 30
 
@@ -99,8 +98,9 @@ async def cleanup(effects: Effects) -> None:
             redis.delete(key)
 
 
-def install_periodic_jobs(jobs: JobQueue) -> None:
-    """Register sweep and cleanup with rq-scheduler under fixed ids (re-registering replaces them)."""
-    for job_id, job, interval in (("bookwire-periodic-sweep", SWEEP, SWEEP_INTERVAL_SECONDS),
+def install_periodic_jobs(jobs: JobQueue, sweep_interval: int) -> None:
+    """Register sweep (every SWEEP_INTERVAL) and cleanup with rq-scheduler under fixed ids
+    (re-registering replaces them)."""
+    for job_id, job, interval in (("bookwire-periodic-sweep", SWEEP, sweep_interval),
                                   ("bookwire-periodic-cleanup", CLEANUP, CLEANUP_INTERVAL_SECONDS)):
         jobs.schedule_periodic(job, job_id=job_id, interval=interval, timeout=600)

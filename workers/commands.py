@@ -49,5 +49,6 @@ def worker(settings: Settings) -> None:
 def scheduler(settings: Settings) -> None:
     """Register the periodic jobs, then run rq-scheduler, which moves due jobs to their queues."""
     connection = _redis(settings)
-    _survive_redis_outages(lambda: install_periodic_jobs(JobQueue(connection)), "scheduler setup")
+    _survive_redis_outages(lambda: install_periodic_jobs(JobQueue(connection), settings.sweep_interval),
+                           "scheduler setup")
     _survive_redis_outages(lambda: queues.build_scheduler(connection).run(), "scheduler")

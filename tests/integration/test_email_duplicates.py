@@ -162,7 +162,7 @@ def test_worker_killed_after_the_server_took_the_message_resends_once(stack: Sta
         return 3.0  # past SEND_TIMEOUT: only the kill can end the first conversation early
 
     handler = SinkHandler(stall=stall)
-    settings = email_settings(stack, handler)
+    settings = {**email_settings(stack, handler), "SWEEP_INTERVAL": "2s"}  # the resend sooner than every 10 s
     story = open_shop(stack, settings)
     stack.start("scheduler", settings, "scheduler.log")
     worker = stack.start("worker", settings, "worker.log")

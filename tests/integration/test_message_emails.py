@@ -27,10 +27,11 @@ DELAY = 2.0  # MESSAGE_EMAIL_DELAY
 QUIET = DELAY + 3.0  # long enough for an email that should not come to have come
 
 
-def start(stack: Stack) -> tuple[Story, Any, str]:
-    """API, scheduler and worker with a 2 s MESSAGE_EMAIL_DELAY; the story and its booking's id."""
+def start(stack: Stack, **extra: str) -> tuple[Story, Any, str]:
+    """API, scheduler and worker with a 2 s MESSAGE_EMAIL_DELAY (and `extra` settings); the story and
+    its booking's id."""
     sink = stack.sink()
-    settings = stack.settings(sink, MESSAGE_EMAIL_DELAY=f"{int(DELAY)}s")
+    settings = stack.settings(sink, MESSAGE_EMAIL_DELAY=f"{int(DELAY)}s", **extra)
     story = open_shop(stack, settings)
     stack.start("scheduler", settings, "scheduler.log")
     stack.start("worker", settings, "worker.log")
@@ -92,7 +93,7 @@ def test_messages_read_in_time_bring_no_email(stack: Stack) -> None:
 
 
 def test_an_unread_email_whose_job_was_lost_is_sent_by_the_sweep(stack: Stack) -> None:
-    story, sink, bid = start(stack)
+    story, sink, bid = start(stack, SWEEP_INTERVAL="2s")  # the default 10 s would only make this wait longer
     connection = redis.Redis.from_url(stack.redis_url)
     say(story.customer, bid, "Anyone there?")
 
@@ -102,6 +103,6 @@ def test_an_unread_email_whose_job_was_lost_is_sent_by_the_sweep(stack: Stack) -
     lost = eventually(planned, 10, "the unread email planned in rq-scheduler", stack)
     connection.zrem("rq:scheduler:scheduled_jobs", *lost)  # as a Redis that lost its schedule would
     connection.close()
-    # due in 2 s; the sweep runs every 10 s and takes a plan 3 s overdue
+    # due in 2 s; the sweep runs every 2 s and takes a plan 3 s overdue
     sent = eventually(lambda: unread_emails(sink, story.owner.email), 30, "the unread email, by the sweep", stack)
     assert len(sent) == 1 and "Anyone there?" in text_of(sent[0])
