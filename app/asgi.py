@@ -7,13 +7,13 @@ from litestar.config.cors import CORSConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 
 from app.accounts.controllers import AuthController, MeController, UserController
 from app.accounts.throttle import auth_rate_limit
 from app.admin.controllers import AdminController
+from app.api_docs.ui import docs_plugins
 from app.bookings.controllers import BookingController
 from app.client_files import client_file
 from app.conversations.controllers import ConversationController, MessageController
@@ -58,8 +58,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins), allow_credentials=False)
         if settings.cors_origins else None,
         openapi_config=OpenAPIConfig(
-            title="Bookwire", version="1", path="/schema",
-            render_plugins=[ScalarRenderPlugin(path="/"), SwaggerRenderPlugin(path="/swagger")],
+            title="Bookwire", version="1", path="/schema", use_handler_docstrings=True, render_plugins=docs_plugins(),
         ),
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         debug=False,

@@ -43,10 +43,12 @@ class HealthController(Controller):
 
     @get("/health", operation_id="health")
     async def health(self) -> dict[str, str]:
+        """The process is alive (no dependency is checked)."""
         return {"status": "ok"}
 
     @get("/ready", operation_id="ready")
     async def ready(self, request: Request) -> Response[Any]:
+        """The database, Redis and the scheduler are reachable; 503 names the one that is not."""
         redis: Redis = request.app.state.redis
         checks = {"database": await _database_ok(), "redis": await _redis_ok(redis)}
         checks["scheduler"] = checks["redis"] and await _scheduler_ok(redis)

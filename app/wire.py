@@ -7,7 +7,7 @@ carry an offset (`tz=True`), so a naive time is a 422 rather than a silent guess
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -57,4 +57,5 @@ Seats = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 Capacity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 PriceCents = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000_000)]
 DeadlineSeconds = Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)]
+Role = Literal["customer", "provider", "admin"]
 

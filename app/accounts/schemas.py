@@ -8,7 +8,7 @@ from typing import Literal
 
 import msgspec
 
-from app.wire import Email, Name, Password
+from app.wire import Email, Name, Password, Role
 
 
 class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -27,7 +27,7 @@ class UserRead(msgspec.Struct):
     id: uuid.UUID
     email: str
     name: str
-    role: str
+    role: Role
     active: bool
     created_at: datetime
 

@@ -1,6 +1,6 @@
 """`POST /v1/admin/announcements`, `GET /v1/admin/presence` and `GET /v1/admin/stats`."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -12,18 +12,28 @@ from app.realtime.events import BROADCAST, role_channel
 from app.security import AuthUser, admin_only, current_user
 from app.wire import FreeText, Name
 
+Audience = Literal["all", "customer", "provider", "admin"]
+
 
 class AnnouncementCreate(msgspec.Struct, forbid_unknown_fields=True):
     title: Name
     body: FreeText
-    audience: Literal["all", "customer", "provider", "admin"] = "all"
+    audience: Audience = "all"
+
+
+class Announcement(msgspec.Struct):
+    """`announcement`'s data."""
+
+    title: str
+    body: str
+    audience: Audience
 
 
 class AnnouncementRead(msgspec.Struct):
-    id: str
+    id: Annotated[str, msgspec.Meta(description="The id of the `announcement` event.")]
     title: str
     body: str
-    audience: str
+    audience: Audience
 
 
 class Presence(msgspec.Struct):
@@ -41,6 +51,7 @@ class AdminController(Controller):
     async def announce(
         self, user: AuthUser, data: AnnouncementCreate, request: Request, idempotency_key: IdempotencyKey = None
     ) -> AnnouncementRead:
+        """Publish an `announcement` to everyone or to one role (admins)."""
         state: Any = request.app.state
         channel = BROADCAST if data.audience == "all" else role_channel(data.audience)
 
@@ -48,10 +59,10 @@ class AdminController(Controller):
             # Nothing is stored but the event itself, so this publishes directly (its answer carries
             # the event's id). With a key, the bus deduplicates too: a retry after a crash between
             # the publish and the record gets the first event's id, not a second announcement.
-            payload = {"title": data.title, "body": data.body, "audience": data.audience}
-            dedup = f"announce:{user.id}:{idempotency_key}:{payload}" if remember is not None else None
+            payload = Announcement(data.title, data.body, data.audience)
+            dedup = f"announce:{user.id}:{idempotency_key}:{msgspec.structs.asdict(payload)}" if remember else None
             event_id, _ = await state.bus.publish("announcement", [channel], payload, dedup)
-            result = AnnouncementRead(id=event_id, **payload)
+            result = AnnouncementRead(event_id, payload.title, payload.body, payload.audience)
             if remember is not None:
                 await remember(result)
             return result
@@ -60,6 +71,7 @@ class AdminController(Controller):
 
     @get("/presence", operation_id="presence")
     async def presence(self, user: AuthUser, request: Request) -> Presence:
+        """Users online by role and open streams by transport, across all API processes (admins)."""
         snapshot = await request.app.state.presence.snapshot()
         return Presence(online=snapshot["online"], streams=snapshot["streams"])
 

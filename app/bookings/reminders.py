@@ -26,7 +26,7 @@ from typing import Any
 from app.bookings.emails import booking_context
 from app.bookings.events import describe
 from app.bookings.parties import parties_of
-from app.bookings.schemas import BookingRead, to_booking_read, to_reminder_read
+from app.bookings.schemas import BookingRead, ReminderDue, to_booking_read, to_reminder_read
 from app.db.prepared import insert_rows
 from app.db.tables import Booking, Reminder, User
 from app.effects import Effects
@@ -153,7 +153,7 @@ async def _announce_reminders(change: Change, settings: Settings, fired: list[di
         resource, people = parties[booking.id]
         role = reminder["recipient_role"]
         when = starts_in((booking.starts_at - now).total_seconds(), reminder["offset_seconds"])
-        data = {"reminder": to_reminder_read(reminder), "booking": booking}
+        data = ReminderDue(to_reminder_read(reminder), booking)
         change.publish("reminder.due", [user_channel(reminder["recipient_id"])], data)
         whose = "Your booking" if role == "customer" else f"{people['customer']['name']}'s booking"
         notifications.append(NewNotification(

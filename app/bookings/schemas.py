@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.bookings.status import Status
 from app.wire import AwareDatetime, FreeText, Reason, Seats
+
+Action = Literal["create", "confirm", "reject", "cancel", "reschedule", "update", "check-in", "complete", "expire",
+                 "reassign"]
+ReminderStatus = Literal["scheduled", "sent", "cancelled", "failed"]
 
 
 class BookingCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,10 +50,11 @@ class BookingRead(msgspec.Struct):
     ends_at: datetime
     seats: int
     notes: str
-    status: str
-    price_cents: int
+    status: Status
+    price_cents: Annotated[int, msgspec.Meta(description="The resource's price times `seats`, copied at booking.")]
     currency: str
-    version: int
+    version: Annotated[int, msgspec.Meta(description="Grows by one with every change; events of a booking come in "
+                                                      "this order.")]
     created_at: datetime
     updated_at: datetime
     pool_id: uuid.UUID | None = None
@@ -67,10 +73,10 @@ class ReassignedBooking(BookingRead, kw_only=True):
 
 class HistoryEntry(msgspec.Struct):
     id: uuid.UUID
-    action: str
-    actor_id: uuid.UUID | None
-    from_status: str | None
-    to_status: str
+    action: Action
+    actor_id: Annotated[uuid.UUID | None, msgspec.Meta(description="Who acted; null for the system.")]
+    from_status: Status | None
+    to_status: Status
     reason: str | None
     at: datetime
 
@@ -78,11 +84,18 @@ class HistoryEntry(msgspec.Struct):
 class ReminderRead(msgspec.Struct):
     id: uuid.UUID
     recipient_id: uuid.UUID
-    recipient_role: str
-    offset_seconds: int
+    recipient_role: Literal["owner", "customer"]
+    offset_seconds: Annotated[int, msgspec.Meta(description="How long before `starts_at` it is due.")]
     due_at: datetime
-    status: str
+    status: ReminderStatus
     fired_at: datetime | None
+
+
+class ReminderDue(msgspec.Struct):
+    """`reminder.due`'s data (and its notification's): the reminder that fired and its booking."""
+
+    reminder: ReminderRead
+    booking: BookingRead
 
 
 def to_booking_read(row: dict[str, Any]) -> BookingRead:

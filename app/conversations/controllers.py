@@ -42,15 +42,18 @@ class MessageController(Controller):
         self, user: AuthUser, booking_id: uuid.UUID, limit: Limit = DEFAULT_LIMIT, cursor: str | None = None,
         q: SearchText = None,
     ) -> Page[MessageRead]:
+        """A booking's conversation, newest first; `q` finds messages containing it, ignoring case."""
         items, next_cursor = await services.list_messages(user, booking_id, limit, cursor, q)
         return Page(items=items, next_cursor=next_cursor)
 
     @post("/messages/receipts", operation_id="postMessageReceipts", status_code=204)
     async def receipts(self, user: AuthUser, effects: Effects, booking_id: uuid.UUID, data: ReceiptRequest) -> None:
+        """Mark messages delivered and/or read up to a message. Publishes `message.receipt`."""
         await services.record_receipts(user, booking_id, data, effects)
 
     @post("/typing", operation_id="postTyping", status_code=204)
     async def typing(self, user: AuthUser, effects: Effects, booking_id: uuid.UUID) -> None:
+        """Tell the other participants that the caller is typing (`conversation.typing`, ephemeral)."""
         await services.typing(user, booking_id, effects)
 
 
@@ -63,9 +66,11 @@ class ConversationController(Controller):
     async def list_conversations(
         self, user: AuthUser, request: Request[Any, Any, Any], limit: Limit = DEFAULT_LIMIT, cursor: str | None = None,
     ) -> Page[ConversationRead]:
+        """The caller's conversations that have messages, most recent activity first."""
         items, next_cursor = await services.list_conversations(user, request.app.state.presence, limit, cursor)
         return Page(items=items, next_cursor=next_cursor)
 
     @get("/unread-count", operation_id="countUnreadMessages")
     async def unread_count(self, user: AuthUser) -> UnreadMessages:
+        """How many messages from others the caller has not read."""
         return await services.unread_count(user)

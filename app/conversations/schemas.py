@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from app.wire import END, NO_CONTROLS_BUT_TAB_NEWLINE
+from app.wire import END, NO_CONTROLS_BUT_TAB_NEWLINE, Role
 
 MessageBody = Annotated[str, msgspec.Meta(min_length=1, max_length=4_000, pattern=NO_CONTROLS_BUT_TAB_NEWLINE)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=rf"^[\x20-\x7e]+{END}")]
@@ -46,10 +46,28 @@ class ReceiptRequest(msgspec.Struct, forbid_unknown_fields=True):
     read_up_to: uuid.UUID | None = None
 
 
+class Receipt(msgspec.Struct):
+    """`message.receipt`'s data: how far `user_id` has received and read a booking's conversation."""
+
+    booking_id: uuid.UUID
+    user_id: uuid.UUID
+    delivered_up_to: uuid.UUID | None
+    read_up_to: uuid.UUID | None
+    at: datetime
+
+
+class Typing(msgspec.Struct):
+    """`conversation.typing`'s data (ephemeral): `user_id` is typing in the booking's conversation."""
+
+    booking_id: uuid.UUID
+    user_id: uuid.UUID
+    until: Annotated[datetime, msgspec.Meta(description="Typing is over by then unless another event follows.")]
+
+
 class Participant(msgspec.Struct):
     user_id: uuid.UUID
     name: str
-    role: str
+    role: Role
     online: bool
     last_seen_at: datetime | None
 

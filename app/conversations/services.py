@@ -21,7 +21,9 @@ from app.conversations.schemas import (
     MessageCreate,
     MessageRead,
     Participant,
+    Receipt,
     ReceiptRequest,
+    Typing,
     UnreadMessages,
     to_message_read,
 )
@@ -32,7 +34,7 @@ from app.errors import Unprocessable
 from app.job_queue import EMAIL_UNREAD, unread_email_job_id
 from app.outbox.change import Change
 from app.pagination import decode_cursor, encode_cursor, keyset_page
-from app.realtime.events import rfc3339, user_channel
+from app.realtime.events import user_channel
 from app.realtime.presence import Presence
 from app.security import AuthUser
 from app.settings import Settings
@@ -171,12 +173,12 @@ def _pointers(row: dict[str, Any] | None) -> tuple[int, int]:
     return (row["delivered_seq"], row["read_seq"]) if row else (0, 0)
 
 
-async def _message_id(booking_id: uuid.UUID, seq: int) -> str | None:
-    """The id (text) of message `seq` of a conversation; None for 0 (nothing)."""
+async def _message_id(booking_id: uuid.UUID, seq: int) -> uuid.UUID | None:
+    """The id of message `seq` of a conversation; None for 0 (nothing)."""
     if seq == 0:
         return None
     row = await Message.select(Message.id).where(Message.booking_id == booking_id, Message.seq == seq).first()
-    return str(row["id"]) if row else None
+    return uuid.UUID(str(row["id"])) if row else None
 
 
 async def record_receipts(user: AuthUser, booking_id: uuid.UUID, data: ReceiptRequest, effects: Effects) -> None:
@@ -204,12 +206,9 @@ async def record_receipts(user: AuthUser, booking_id: uuid.UUID, data: ReceiptRe
                 MessageReceipt.id == receipt_id(booking_id, user.id))
         if user.id in participants(booking):
             await _stamp(booking, user.id, new_delivered, new_read, now)
-        change.publish("message.receipt", _channels(booking, user.id), {
-            "booking_id": str(booking_id), "user_id": str(user.id),
-            "delivered_up_to": await _message_id(booking_id, new_delivered),
-            "read_up_to": await _message_id(booking_id, new_read),
-            "at": rfc3339(now),
-        })
+        change.publish("message.receipt", _channels(booking, user.id), Receipt(
+            booking_id=booking_id, user_id=user.id, delivered_up_to=await _message_id(booking_id, new_delivered),
+            read_up_to=await _message_id(booking_id, new_read), at=now))
 
 
 async def _stamp(booking: dict[str, Any], reader: uuid.UUID, delivered: int, read: int, now: datetime) -> None:
@@ -246,9 +245,7 @@ async def typing(user: AuthUser, booking_id: uuid.UUID, effects: Effects) -> Non
         return
     until = datetime.now(UTC) + timedelta(seconds=TYPING_SECONDS)
     others = [user_channel(u) for u in participants(booking) if u != user.id]
-    await effects.bus.publish_ephemeral("conversation.typing", others, {
-        "booking_id": str(booking_id), "user_id": str(user.id), "until": rfc3339(until),
-    })
+    await effects.bus.publish_ephemeral("conversation.typing", others, Typing(booking_id, user.id, until))
 
 
 # ---- the caller's conversations ------------------------------------------------------------------

@@ -16,6 +16,7 @@ import msgspec
 from app.db.tables import EmailDelivery, EmailTemplate, User
 from app.effects import Effects
 from app.email.rendering import TemplateProblem, render
+from app.email.schemas import EmailFailedAlert
 from app.email.sending import MaybeDelivered, Undeliverable, build_message, check_recipient, deliver
 from app.email.services import template_in_effect
 from app.job_queue import EMAIL_QUEUE, SEND_EMAIL, email_job_id
@@ -142,10 +143,9 @@ async def _failed_attempt(effects: Effects, row: dict[str, Any], exc: Exception)
             log.error("email %s attempt %d ended after its claim expired: %s", row["id"], attempt, error)
             return
         if give_up and not quiet:
-            change.publish("system.alert", [role_channel("admin")], {
-                "kind": "email_failed", "delivery_id": str(row["id"]), "to": row["to_address"],
-                "template_key": row["template_key"], "attempts": attempt, "error": error,
-            })
+            change.publish("system.alert", [role_channel("admin")], EmailFailedAlert(
+                delivery_id=row["id"], to=row["to_address"], template_key=row["template_key"], attempts=attempt,
+                error=error))
         elif retry_at is not None:
             change.schedule(retry_at, SEND_EMAIL, str(row["id"]),
                             job_id=email_job_id(row["id"], attempt + 1), queue=EMAIL_QUEUE)

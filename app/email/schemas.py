@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -41,7 +41,7 @@ class DeliveryRead(msgspec.Struct):
     template_key: str
     booking_id: uuid.UUID | None
     to_address: str
-    status: str
+    status: Literal["queued", "sent", "failed"]
     attempts: int
     last_error: str | None
     message_id: str
@@ -50,3 +50,13 @@ class DeliveryRead(msgspec.Struct):
     sent_at: datetime | None
     next_attempt_at: datetime | None = None
     """When a queued delivery's retry is due (null: its first attempt, or none left to make)."""
+
+
+class EmailFailedAlert(msgspec.Struct, tag_field="kind", tag="email_failed"):
+    """`system.alert`'s data when an email failed for good (`kind`: `email_failed`)."""
+
+    delivery_id: uuid.UUID
+    to: str
+    template_key: str
+    attempts: int
+    error: str

@@ -54,6 +54,8 @@ class EventController(Controller):
         topics: Annotated[str | None, Parameter(max_length=5000)] = None,
         access_token: Annotated[str | None, Parameter(description="a stream token")] = None,  # read by the dependency
     ) -> PollResult:
+        """Long-poll for events after `cursor`: at once when there are some, else held up to `timeout` seconds.
+        Without a cursor, the current cursor at once."""
         state: Any = request.app.state
         channels = await connection_channels(principal.user, topics)
         await state.presence.seen(principal.user.id, principal.user.role)
@@ -61,6 +63,8 @@ class EventController(Controller):
 
     @post("/", operation_id="publishEvent", status_code=202, dependencies={"publisher": Provide(event_publisher)})
     async def publish(self, request: Request, publisher: str, data: EventPublish) -> Response[PublishResult]:
+        """Publish a custom event (admins, service tokens with `events:publish`): 202, or 200 for a repeated
+        `dedup_key`."""
         state: Any = request.app.state
         if data.type.startswith(RESERVED_PREFIXES):
             raise Unprocessable.field("type", f"must not start with a reserved prefix ({', '.join(RESERVED_PREFIXES)})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 
@@ -94,7 +95,33 @@ class Envelope(msgspec.Struct, frozen=True):
     data: msgspec.Raw
 
 
-def control_envelope(event_type: str, data: dict[str, object], event_id: str | None = None) -> Envelope:
+ResetReason = Literal["unknown_or_expired_id", "too_far_behind"]
+ClosingReason = Literal["token_expired", "deactivated", "shutdown", "max_age"]
+
+
+class PresenceChanged(msgspec.Struct):
+    """`presence.changed`'s data (ephemeral): a user who shares an active booking with you came or went."""
+
+    user_id: uuid.UUID
+    online: bool
+    last_seen_at: datetime
+
+
+class StreamReset(msgspec.Struct):
+    """`stream.reset`'s data: replay from the client's id is impossible; refetch over REST and go on
+    from `cursor` (also the envelope's id)."""
+
+    reason: ResetReason
+    cursor: str
+
+
+class StreamClosing(msgspec.Struct):
+    """`stream.closing`'s data: the server ends the stream; reconnect with a fresh token and the last id."""
+
+    reason: ClosingReason
+
+
+def control_envelope(event_type: str, data: StreamReset | StreamClosing, event_id: str | None = None) -> Envelope:
     """`stream.reset` (with the id to continue from) or `stream.closing` (no id, moves no cursor)."""
     return Envelope(event_id, event_type, None, now_rfc3339(), msgspec.Raw(msgspec.json.encode(data)))
 

@@ -7,7 +7,7 @@ import asyncio
 from app.errors import BadRequest
 from app.realtime.access import still_active
 from app.realtime.bus import EventBus
-from app.realtime.events import Envelope, Event, control_envelope, parse_event_id
+from app.realtime.events import Envelope, Event, StreamReset, control_envelope, parse_event_id
 from app.realtime.hub import Hub, Subscriber
 from app.realtime.presence import Presence
 from app.realtime.schemas import PollResult
@@ -33,7 +33,7 @@ async def poll(bus: EventBus, hub: Hub, presence: Presence, user: AuthUser, chan
                          errors=[{"field": "cursor", "message": "unreadable cursor"}])
     if not await bus.cursor_is_current(cursor):
         latest = await bus.latest_id()
-        reset = control_envelope("stream.reset", {"reason": "unknown_or_expired_id", "cursor": latest}, latest)
+        reset = control_envelope("stream.reset", StreamReset("unknown_or_expired_id", latest), latest)
         return PollResult(events=[reset], cursor=latest)
     events = await bus.read_after(channels, cursor, POLL_BATCH)
     if events or timeout == 0:

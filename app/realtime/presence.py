@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from app.db.tables import Booking
 from app.realtime.bus import EventBus
-from app.realtime.events import ROLES, rfc3339, user_channel
+from app.realtime.events import ROLES, PresenceChanged, user_channel
 from app.realtime.hub import Hub
 
 PREFIX = "bookwire:presence:"
@@ -181,10 +181,9 @@ class Presence:
 
     async def _tell(self, user_id: str, others: set[str], online: bool, seen_at: float) -> None:
         if self.bus is not None and others:
-            await self.bus.publish_ephemeral("presence.changed", [user_channel(o) for o in sorted(others)], {
-                "user_id": user_id, "online": online,
-                "last_seen_at": rfc3339(datetime.fromtimestamp(seen_at, UTC)),
-            })
+            await self.bus.publish_ephemeral("presence.changed", [user_channel(o) for o in sorted(others)],
+                                             PresenceChanged(uuid.UUID(user_id), online,
+                                                             datetime.fromtimestamp(seen_at, UTC)))
 
     async def forget(self) -> None:
         """Remove this process's share (at shutdown)."""

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from litestar import Litestar
@@ -25,7 +25,14 @@ from app.metrics import Metrics
 from app.realtime.access import connection_channels, event_principal, still_active
 from app.realtime.bus import EventBus, id_key
 from app.realtime.connection import server_cycle, slim
-from app.realtime.events import control_envelope, control_frame
+from app.realtime.events import (
+    ClosingReason,
+    ResetReason,
+    StreamClosing,
+    StreamReset,
+    control_envelope,
+    control_frame,
+)
 from app.realtime.hub import Hub, Subscriber
 from app.realtime.presence import Presence
 from app.validation import refuse_unknown_query
@@ -43,9 +50,9 @@ _HEADERS = [
 ]
 
 
-async def _reset(bus: EventBus, send: Send, reason: str) -> tuple[int, int]:
+async def _reset(bus: EventBus, send: Send, reason: ResetReason) -> tuple[int, int]:
     latest = await bus.latest_id()
-    envelope = control_envelope("stream.reset", {"reason": reason, "cursor": latest}, latest)
+    envelope = control_envelope("stream.reset", StreamReset(reason, latest), latest)
     await send({"type": "http.response.body", "body": control_frame(envelope), "more_body": True})
     return id_key(latest)
 
@@ -100,7 +107,7 @@ async def write_stream(sub: Subscriber, send: Send, after: tuple[int, int] | Non
                     sub.wrote = True
         if sub.closing is not None:
             if sub.closing:
-                envelope = control_envelope("stream.closing", {"reason": sub.closing})
+                envelope = control_envelope("stream.closing", StreamClosing(cast(ClosingReason, sub.closing)))
                 await send({"type": "http.response.body", "body": control_frame(envelope), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
