@@ -162,6 +162,7 @@ def test_ordinary_requests_headers_and_limits(setup: Setup) -> None:
         big = client.post("/v1/events", content=b"x" * (1024 * 1024 + 1), headers={"Content-Type": "application/json"})
         assert big.status_code == 413 and "nginx" in big.text, big.text
         assert client.get("/metrics").status_code == 404  # internal only
+        assert client.get("/metrics/cluster").status_code == 404
         assert client.get(f"/v1/events/stream?token={'s3cret' * 4}").status_code in (401, 403)
     log = (setup.workdir / "access.log").read_text()
     assert "rid=nginx-rid-1 " in log, log  # the client's X-Request-ID is the one passed on
