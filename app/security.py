@@ -32,11 +32,15 @@ from litestar.connection import ASGIConnection
 from app.db.prepared import Prepared
 from app.db.tables import User
 from app.errors import PermissionDenied, ServiceUnavailable, Unauthorized
+from app.logs import note_user
 from app.settings import Settings
 
 Role = Literal["customer", "provider", "admin"]
 STREAM_TOKEN_USE = "stream"
 PUBLISH_SCOPE = "events:publish"
+WEBHOOKS_SCOPE = "webhooks:manage"
+SERVICE_SCOPES = frozenset({PUBLISH_SCOPE, WEBHOOKS_SCOPE})
+"""A token whose `scope` grants any of these is an integrator's service token, never a user's."""
 
 _hasher = PasswordHasher()  # RFC 9106 low-memory profile: argon2id, 64 MiB, t=3
 # Verified against when the e-mail is unknown, so a wrong e-mail costs as long as a wrong password.
@@ -121,6 +125,15 @@ class TokenCodec:
                    "iss": self.issuer, "aud": self.audience, **claims}
         return jwt.encode(payload, self._signing_key, algorithm=self.algorithm)
 
+    def service_token(self, name: str, scope: str, ttl: int) -> str:
+        """An integrator's token: `sub` is `name`, `scope` space-separated (`bookwire service-token`)."""
+        self.ensure_can_mint()
+        assert self._signing_key is not None
+        now = issued_now()
+        payload = {"sub": name, "scope": scope, "iat": now, "exp": int(now) + ttl,
+                   "iss": self.issuer, "aud": self.audience}
+        return jwt.encode(payload, self._signing_key, algorithm=self.algorithm)
+
     def access_token(self, user_id: uuid.UUID, role: str) -> str:
         return self.mint(user_id, role, self.access_ttl)
 
@@ -202,11 +215,16 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
                         "Send `Authorization: Bearer <access token>`; get one from POST /v1/auth/token.")
 
 
-def is_service_token(claims: dict[str, Any]) -> bool:
-    """True when the `scope` claim (a space-separated string or a list) grants `events:publish`."""
+def token_scopes(claims: dict[str, Any]) -> set[str]:
+    """The `scope` claim (a space-separated string or a list) as a set."""
     scope = claims.get("scope", "")
-    scopes = set(scope.split()) if isinstance(scope, str) else set(scope) if isinstance(scope, list) else set()
-    return PUBLISH_SCOPE in scopes
+    return set(scope.split()) if isinstance(scope, str) else {s for s in scope if isinstance(s, str)} \
+        if isinstance(scope, list) else set()
+
+
+def is_service_token(claims: dict[str, Any]) -> bool:
+    """True when the `scope` claim grants `events:publish` or `webhooks:manage`."""
+    return bool(token_scopes(claims) & SERVICE_SCOPES)
 
 
 def token_kind(claims: dict[str, Any]) -> TokenKind:
@@ -286,6 +304,7 @@ async def user_from_claims(claims: dict[str, Any]) -> AuthUser:
         raise Unauthorized("This account is deactivated.")
     if account.valid_after is not None and claims["iat"] < account.valid_after:
         raise Unauthorized("The token was revoked (the account changed since it was issued); sign in again.")
+    note_user(user_id)  # every later log line of this request names its user
     return account.user
 
 
@@ -321,7 +340,7 @@ async def current_user(request: Connection) -> AuthUser:
     if kind == "stream":
         raise Unauthorized("A stream token is only valid for /v1/events/stream and /v1/events/poll.")
     if kind == "service":
-        raise PermissionDenied("Service tokens may only call POST /v1/events.")
+        raise PermissionDenied("Service tokens may only call POST /v1/events and the webhooks API.")
     return await user_from_claims(claims)
 
 

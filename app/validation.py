@@ -36,7 +36,7 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = tuple({ord("["): 1, ord("]"): -1}.get(b, 0) for b in range(256))
-AUTHENTICATING_DEPENDENCIES = ("user", "publisher", "principal")
+AUTHENTICATING_DEPENDENCIES = ("user", "publisher", "principal", "manager")
 """Dependencies that authenticate the caller from the request alone (each caches its answer)."""
 
 

@@ -8,7 +8,7 @@ from litestar.di import Provide
 
 from app.admin.stats import Stats, stats
 from app.idempotency import IdempotencyKey, Remember, run_once
-from app.realtime.events import BROADCAST, role_channel
+from app.realtime.events import BROADCAST, Event, now_rfc3339, role_channel
 from app.security import AuthUser, admin_only, current_user
 from app.wire import FreeText, Name
 
@@ -61,7 +61,11 @@ class AdminController(Controller):
             # the publish and the record gets the first event's id, not a second announcement.
             payload = Announcement(data.title, data.body, data.audience)
             dedup = f"announce:{user.id}:{idempotency_key}:{msgspec.structs.asdict(payload)}" if remember else None
-            event_id, _ = await state.bus.publish("announcement", [channel], payload, dedup)
+            at = now_rfc3339()
+            event_id, deduplicated = await state.bus.publish("announcement", [channel], payload, dedup, at)
+            if not deduplicated:
+                await state.effects.published([Event(event_id, "announcement", [channel], at,
+                                                     msgspec.Raw(msgspec.json.encode(payload)))])
             result = AnnouncementRead(event_id, payload.title, payload.body, payload.audience)
             if remember is not None:
                 await remember(result)

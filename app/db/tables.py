@@ -270,6 +270,8 @@ class Webhook(Table, tablename="webhooks"):
     lease_owner = Varchar(length=64, null=True, default=None)
     lease_until = Timestamptz(null=True, default=None)
     """The dispatcher sending this webhook's deliveries until then: one at a time, so they go in order."""
+    blocked_until = Timestamptz(null=True, default=None)
+    """Its first pending delivery waits for a retry until then, and the others behind it."""
 
 
 class WebhookDelivery(Table, tablename="webhook_deliveries"):

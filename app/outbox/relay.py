@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from app.db.transactions import write_transaction
 from app.job_queue import JobBatch, JobQueue
 from app.outbox.entries import CancelJobEntry, ControlEntry, EventEntry, JobEntry, decode
 from app.realtime.bus import EventBus, Publication
+from app.realtime.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,14 @@ def dedup_key(row_key: object) -> str:
 class Relay:
     """Carries out this process's outbox rows as soon as they are committed, and anyone's left behind."""
 
-    def __init__(self, bus: EventBus, jobs: JobQueue, node: str | None = None) -> None:
+    def __init__(self, bus: EventBus, jobs: JobQueue, node: str | None = None,
+                 after_publish: Callable[[list[Event]], Awaitable[object]] | None = None) -> None:
         self.bus = bus
         self.jobs = jobs
         self.node = node  # the database node the relay reads on (PostgreSQL: its own small pool)
+        # Runs once a batch's events are published, before their rows may be deleted (the webhooks'
+        # deliveries are recorded there): should it fail, the rows are carried out again.
+        self.after_publish = after_publish
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         # Rows are known by `key` here, never by `id`: SQLite hands out an id again once the table
@@ -195,7 +201,13 @@ class Relay:
         if jobs:
             self._hand_jobs(job_keys, jobs)
         if publications:
-            await self.bus.publish_all(publications)
+            ids = await self.bus.publish_all(publications)
+            if self.after_publish is not None:
+                events = [Event(event_id, p.type, p.channels, p.occurred_at, p.data)
+                          for p, event_id in zip(publications, ids, strict=True)
+                          if isinstance(p, Publication) and event_id is not None]
+                if events:
+                    await self.after_publish(events)
             self._to_delete.update(published)
             self.relayed += len(published)
         return len(published) + len(jobs)

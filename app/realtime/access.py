@@ -42,7 +42,7 @@ async def event_principal(codec: TokenCodec, authorization: str | None, query_to
     )
     kind = token_kind(claims)
     if kind == "service":
-        raise PermissionDenied("Service tokens may only call POST /v1/events.")
+        raise PermissionDenied("Service tokens may only call POST /v1/events and the webhooks API.")
     user = await user_from_claims(claims)
     # A stream token only has to be valid when the stream opens; an access token bounds the stream.
     expires = None if kind == "stream" else float(claims["exp"])

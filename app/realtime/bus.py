@@ -133,8 +133,9 @@ class EventBus:
         self.published += not deduplicated
         return _text(event_id), bool(deduplicated)
 
-    async def publish_all(self, items: list[Publication | dict[str, str]]) -> None:
-        """Publish events (each under its dedup key) and control messages, in this order, in one round trip."""
+    async def publish_all(self, items: list[Publication | dict[str, str]]) -> list[str | None]:
+        """Publish events (each under its dedup key) and control messages, in this order, in one round
+        trip; the id of each event (the first one's, for a dedup key seen before), None for a message."""
         try:
             results = await self._publish_all(items)
         except NoScriptError:
@@ -143,6 +144,7 @@ class EventBus:
             await self.redis.script_load(_PUBLISH_LUA)
             results = await self._publish_all(items)
         self.published += sum(1 for r in results if isinstance(r, list) and not r[1])
+        return [_text(r[0]) if isinstance(item, Publication) else None for item, r in zip(items, results, strict=True)]
 
     async def _publish_all(self, items: list[Publication | dict[str, str]]) -> list[Any]:
         # EVALSHA directly: redis-py's Script in a pipeline first asks SCRIPT EXISTS, a round trip more.

@@ -2,6 +2,7 @@
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
@@ -10,9 +11,9 @@ from litestar.params import Parameter
 from app.errors import PermissionDenied, Unauthorized, Unprocessable
 from app.realtime import poll as long_poll
 from app.realtime.access import EventPrincipal, connection_channels, event_principal
-from app.realtime.events import is_channel
+from app.realtime.events import Event, is_channel, now_rfc3339
 from app.realtime.schemas import EventPublish, PollResult, PublishResult
-from app.security import bearer_token, once_per_request, token_kind, user_from_claims
+from app.security import PUBLISH_SCOPE, bearer_token, once_per_request, token_kind, token_scopes, user_from_claims
 
 RESERVED_PREFIXES = ("booking.", "resource.", "notification.", "reminder.", "stream.", "system.", "announcement")
 
@@ -26,6 +27,8 @@ async def event_publisher(request: ASGIConnection[Any, Any, Any, Any]) -> str:
     if kind == "stream":
         raise Unauthorized("A stream token is only valid for GET /v1/events/stream and /v1/events/poll.")
     if kind == "service":
+        if PUBLISH_SCOPE not in token_scopes(claims):
+            raise PermissionDenied("This service token's scope does not include events:publish.")
         publisher = f"service:{claims['sub']}"
     else:
         user = await user_from_claims(claims)
@@ -54,8 +57,8 @@ class EventController(Controller):
         topics: Annotated[str | None, Parameter(max_length=5000)] = None,
         access_token: Annotated[str | None, Parameter(description="a stream token")] = None,  # read by the dependency
     ) -> PollResult:
-        """Long-poll for events after `cursor`: at once when there are some, else held up to `timeout` seconds.
-        Without a cursor, the current cursor at once."""
+        """Long-poll for events after `cursor`: at once when there are some, else held up to `timeout` seconds. Without
+        a cursor, the current cursor at once."""
         state: Any = request.app.state
         channels = await connection_channels(principal.user, topics)
         await state.presence.seen(principal.user.id, principal.user.role)
@@ -75,5 +78,9 @@ class EventController(Controller):
                 )
         # A dedup key is the publisher's own: one integrator cannot suppress another's events.
         dedup_key = f"{publisher}\n{data.dedup_key}" if data.dedup_key is not None else None
-        event_id, deduplicated = await state.bus.publish(data.type, data.channels, data.data, dedup_key)
+        at = now_rfc3339()
+        event_id, deduplicated = await state.bus.publish(data.type, data.channels, data.data, dedup_key, at)
+        if not deduplicated:
+            await state.effects.published([Event(event_id, data.type, list(dict.fromkeys(data.channels)), at,
+                                                 msgspec.Raw(msgspec.json.encode(data.data)))])
         return Response(PublishResult(event_id, deduplicated), status_code=200 if deduplicated else 202)
