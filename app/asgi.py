@@ -23,8 +23,9 @@ from app.errors import EXCEPTION_HANDLERS
 from app.health import HealthController
 from app.lifespan import lifespan
 from app.live_page import live_page
-from app.metrics import Metrics, count_requests, metrics_endpoint
+from app.metrics import Metrics, MetricsController
 from app.notifications.controllers import NotificationController
+from app.observe import observe
 from app.pools.controllers import PoolController
 from app.portal import TEMPLATES, assets, booking_page, home, portal_page
 from app.realtime.controllers import EventController
@@ -44,14 +45,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     bind_engine(engine)
     return Litestar(
         route_handlers=[
-            HealthController, metrics_endpoint, AuthController, MeController, UserController, ResourceController,
+            HealthController, MetricsController, AuthController, MeController, UserController, ResourceController,
             BookingController, NotificationController, EventController, AdminController, home, live_page,
             EmailAdminController, MessageController, ConversationController, PoolController, client_file,
             portal_page, booking_page, assets,
         ],
         lifespan=[lifespan(settings, engine)],
         state=State({"settings": settings, "tokens": TokenCodec(settings), "metrics": Metrics()}),
-        middleware=[count_requests, auth_rate_limit],
+        middleware=[auth_rate_limit],
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=validate_request,
         request_max_body_size=MAX_BODY_BYTES,
@@ -62,12 +63,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         debug=False,
+        logging_config=None,  # app/logs.py configures logging for every library (Litestar's would replace it)
     )
 
 
 def create_asgi(app: Litestar) -> ASGIApp:
-    """What the server runs: the Litestar app, with the event stream served beside its router."""
-    return with_event_stream(app)
+    """What the server runs: the Litestar app, with the event stream served beside its router, both
+    behind the request ids, access log and HTTP metrics of `observe`."""
+    return observe(with_event_stream(app), app.state.metrics)
 
 
 def __getattr__(name: str) -> ASGIApp:

@@ -114,7 +114,10 @@ def api(settings: Settings) -> None:
             await super().serve(sockets)
 
     limit = settings.max_request_header_bytes
-    config = uvicorn.Config(create_asgi(app), host=settings.host, port=settings.port, log_level="info",
+    # log_config=None: uvicorn's loggers keep the root handler of app/logs.py; access_log=False: the
+    # access log is app/observe.py's (uvicorn's writes the query string, stream tokens included).
+    config = uvicorn.Config(create_asgi(app), host=settings.host, port=settings.port, log_level=settings.log_level,
+                            log_config=None, access_log=False,
                             proxy_headers=True, server_header=False, timeout_graceful_shutdown=5,
                             http=http_protocol(limit), h11_max_incomplete_event_size=limit)
     StreamClosingServer(config).run()
@@ -145,7 +148,8 @@ def up(settings: Settings) -> None:
     from app.embedded_redis import EmbeddedRedis
 
     embedded = None
-    env = dict(os.environ, DATA_DIR=str(settings.data_dir), DATABASE_URL=settings.database_url)
+    env = dict(os.environ, DATA_DIR=str(settings.data_dir), DATABASE_URL=settings.database_url,
+               LOG_FORMAT=settings.log_format or "text")  # its worker and scheduler log for a person too
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.data_dir / "redis")
         env["REDIS_URL"] = embedded.start()
@@ -198,15 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", help="prompted for when left out")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # Piccolo logs "Running Sqlite version …" each time an engine is built: once per process of
-    # `bookwire up`, twice in `migrate`. Its warning for a too-old database is a warning, not this.
-    logging.getLogger("piccolo.engine.base").setLevel(logging.WARNING)
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"bookwire: configuration error: {exc}", file=sys.stderr)
         return 2
+    from app.logs import configure_logging
+
+    # JSON for the processes a deployment runs (a log collector reads them), text for a person.
+    default_format = "json" if args.command in ("api", "worker", "scheduler", "webhooks") else "text"
+    configure_logging(settings.log_level, settings.log_format or default_format)
     if args.command == "create-admin":
         password = args.password or getpass.getpass("Password: ")
         if not 8 <= len(password) <= 1024:

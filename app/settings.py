@@ -94,6 +94,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How often the workers' sweep looks for lost jobs (overdue emails, reminders, deadlines)."""
     auth_rate_limit: tuple[int, int] = (60, 60)
     """Requests per client address to `/v1/auth/…` and the window in seconds (`AUTH_RATE_LIMIT=60/1m`)."""
+    log_level: str = "info"
+    """debug, info, warning, error or critical (`LOG_LEVEL`)."""
+    log_format: str | None = None
+    """`json` or `text` (`LOG_FORMAT`); None: the command's own (json for api, worker and scheduler,
+    text for `bookwire up` and the one-off commands)."""
 
     @property
     def jwt_signing_key(self) -> str | None:
@@ -135,6 +140,17 @@ def _positive_duration(text: str, name: str) -> int:
     if seconds < 1:
         raise SettingsError(f"{name}={text!r}: must be at least 1 s")
     return seconds
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
+
+
+def _choice(text: str, name: str, choices: tuple[str, ...]) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name}={text!r}: use one of {', '.join(choices)}")
+    return value
 
 
 def parse_rate(text: str, name: str) -> tuple[int, int]:
@@ -250,6 +266,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         "sweep_interval": _positive_duration(get("SWEEP_INTERVAL") or "10s", "SWEEP_INTERVAL"),
         "auth_rate_limit": parse_rate(get("AUTH_RATE_LIMIT") or "60/1m", "AUTH_RATE_LIMIT"),
+        "log_level": _choice(get("LOG_LEVEL") or "info", "LOG_LEVEL", LOG_LEVELS),
+        "log_format": _choice(log_format, "LOG_FORMAT", LOG_FORMATS) if (log_format := get("LOG_FORMAT")) else None,
     }
     if bool(values["admin_email"]) != bool(values["admin_password"]):
         raise SettingsError("ADMIN_EMAIL and ADMIN_PASSWORD must be set together")

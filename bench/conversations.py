@@ -129,7 +129,7 @@ BOOKING_LENGTH = timedelta(minutes=30)  # ... and last 30 minutes: none overlaps
 REQUEST_TIMEOUT = 60.0           # seconds, every HTTP request
 SETTLE_QUIET = 1.5               # seconds without a PUBLISH before the setup is called settled
 SETTLE_CPU = 0.10                # ... and with the API below this share of a core
-BACKLOG_LINE = re.compile(rb"^bookwire_outbox_backlog (\S+)$", re.MULTILINE)
+BACKLOG_LINE = re.compile(rb"^bookwire_cluster_outbox_backlog (\S+)$", re.MULTILINE)
 
 CHILDREN: list[asyncio.subprocess.Process] = []  # the poster: killed on the way out, whatever happens
 
@@ -272,9 +272,9 @@ async def book_all(pool: RequestPool, port: int, jobs: list[tuple[int, str, date
 
 
 async def outbox_backlog(client: httpx.AsyncClient) -> float | None:
-    """`bookwire_outbox_backlog` from /metrics: committed changes whose events are not out yet."""
+    """`bookwire_cluster_outbox_backlog` from /metrics/cluster: committed changes whose events are not out yet."""
     with contextlib.suppress(httpx.HTTPError):
-        match = BACKLOG_LINE.search((await client.get("/metrics")).content)
+        match = BACKLOG_LINE.search((await client.get("/metrics/cluster")).content)
         if match:
             return float(match.group(1))
     return None

@@ -122,9 +122,9 @@ def outbox_settled(client: httpx.Client, timeout: float = 10.0) -> None:
     waits for this first."""
     deadline = time.monotonic() + timeout
     while True:
-        text = client.get("/metrics").text
+        text = client.get("/metrics/cluster").text
         backlog = next(float(line.split()[-1]) for line in text.splitlines()
-                       if line.startswith("bookwire_outbox_backlog "))
+                       if line.startswith("bookwire_cluster_outbox_backlog "))
         if backlog == 0:
             return
         assert time.monotonic() < deadline, f"the outbox still holds {backlog:.0f} rows after {timeout} s"

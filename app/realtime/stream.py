@@ -21,7 +21,6 @@ from litestar import Litestar
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import PROBLEM_MEDIA_TYPE, AppError, outage, problem_response
-from app.metrics import Metrics
 from app.realtime.access import connection_channels, event_principal, still_active
 from app.realtime.bus import EventBus, id_key
 from app.realtime.connection import server_cycle, slim
@@ -174,16 +173,16 @@ def with_event_stream(app: Litestar) -> ASGIApp:
 
     A stream lives for minutes and receives every event through `send`; going around Litestar's
     router and middleware (each wraps `send` in another Python call) roughly halves the cost of a
-    delivery and the memory a parked stream holds. Its errors are the same problem documents."""
-    metrics: Metrics = app.state.metrics
+    delivery and the memory a parked stream holds. Its errors are the same problem documents.
+    (It is counted and logged by `app/observe.py`, around it, by this route template.)"""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != STREAM_PATH:
             await app(scope, receive, send)
             return
+        scope["path_template"] = STREAM_PATH
         method = scope["method"]  # type: ignore[typeddict-item]  # an http scope has one
         if method != "GET":
-            metrics.requests.labels(method, "4xx").inc()
             await _send_problem(send, 405, "Method not allowed", f"{method} is not allowed on this URL.",
                                 "method-not-allowed")
             return
@@ -193,11 +192,9 @@ def with_event_stream(app: Litestar) -> ASGIApp:
             error = exc if isinstance(exc, AppError) else outage(exc)  # a database outage is a 503
             if error is None:
                 raise
-            metrics.requests.labels(method, f"{error.status_code // 100}xx").inc()
             await _send_problem(send, error.status_code, error.title, error.detail, error.slug, error.extra,
                                 error.headers)  # refused before the stream started: a problem document
             return
-        metrics.requests.labels(method, "2xx").inc()
 
     return asgi
 

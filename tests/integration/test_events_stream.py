@@ -78,9 +78,9 @@ def test_metrics_count_requests_streams_and_deliveries(server: Server, cast: Cas
     assert 'bookwire_http_requests_total{method="POST",status="2xx"}' in text
     assert 'bookwire_open_streams{transport="sse"}' in text
     assert "bookwire_event_delivery_latency_seconds_bucket" in text
-    assert 'bookwire_queue_depth{queue="email"}' in text and 'bookwire_worker_events{kind="emails_sent"}' in text
-    published = next(line for line in text.splitlines() if line.startswith("bookwire_events_published "))
+    published = next(line for line in text.splitlines() if line.startswith("bookwire_events_published_total "))
     assert float(published.split()[1]) >= 1
+    assert "# TYPE bookwire_events_published_total counter" in text  # a monotonic count, not a gauge
 
 
 def test_shutdown_tells_open_streams_before_closing(tmp_path: Path, redis_url: str) -> None:

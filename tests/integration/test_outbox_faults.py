@@ -327,8 +327,9 @@ def take_step(step: Step, actors: dict[str, Actor], resource_id: str, ids: dict[
 
 
 def backlog(server: Server) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bookwire_outbox_backlog "))
+    text = httpx.get(f"{server.base_url}/metrics/cluster", timeout=10).text
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("bookwire_cluster_outbox_backlog "))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
