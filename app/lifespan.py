@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -67,6 +67,18 @@ async def _every(seconds: float, job: Callable[[], Any]) -> None:
             log.warning("periodic %s failed: %s", getattr(job, "__name__", job), exc)
 
 
+SHUTDOWN_STEP_SECONDS = 2.0
+"""Longest wait for each step of the shutdown (tasks, presence, database pool): with uvicorn's 5 s
+for open requests, a stop takes at most ~11 s, inside the usual 30 s grace period."""
+
+
+async def _bounded(step: Awaitable[Any], what: str) -> None:
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_SECONDS)
+    except TimeoutError:
+        log.warning("shutdown: gave up waiting for %s after %.0f s", what, SHUTDOWN_STEP_SECONDS)
+
+
 def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
     """A Litestar lifespan bound to this process's settings and engine."""
 
@@ -106,11 +118,13 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
             await asyncio.sleep(0)  # let writers send their `stream.closing`
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Each step is bounded: a database or Redis that is unreachable must not keep a process
+            # that was asked to stop from stopping (a cancelled query can hang on its cancellation).
+            await _bounded(asyncio.gather(*tasks, return_exceptions=True), "background tasks")
             with contextlib.suppress(Exception):
-                await presence.forget()
+                await _bounded(presence.forget(), "presence")
             await redis.aclose()
             jobs.connection.close()
-            await close_engine(engine)
+            await close_engine(engine, timeout=SHUTDOWN_STEP_SECONDS)
 
     return run

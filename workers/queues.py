@@ -3,9 +3,13 @@ passed in, never found globally."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from types import FrameType
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq_scheduler import Scheduler
 
@@ -39,6 +43,26 @@ class ShortLockScheduler(Scheduler):
     rq-scheduler's own, so reminders fired up to 11 s late. Should a long move outlive 1 s, a second
     scheduler may move the same job too: every Bookwire job is idempotent. Overrides
     `acquire_lock` (rq-scheduler pinned to 0.14; tests/unit/test_scheduler_lock.py checks it)."""
+
+    stop_requested = False
+    """Set by its SIGTERM/SIGINT handler: `bookwire scheduler` then stops even if Redis is down."""
+
+    def _install_signal_handlers(self) -> None:
+        """rq-scheduler's handler records its death and drops its lock in Redis, then exits; with
+        Redis down the first step raised a ConnectionError instead, which looked like an outage to
+        survive, so the process lived on. This one notes the request first and says goodbye only
+        if Redis answers."""
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.stop_requested = True
+            self.log.info("Shutting down RQ scheduler...")
+            with contextlib.suppress(RedisError):
+                self.register_death()
+                self.remove_lock()
+            raise SystemExit()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
 
     def acquire_lock(self) -> bool:
         self._lock_acquired = bool(self.connection.set(

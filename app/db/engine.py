@@ -174,11 +174,20 @@ async def open_engine(engine: Engine) -> None:
         await engine.run_ddl("PRAGMA journal_mode=WAL")
 
 
-async def close_engine(engine: Engine) -> None:
-    """Close the connection pool, if there is one."""
+async def close_engine(engine: Engine, timeout: float | None = None) -> None:
+    """Close the connection pool, if there is one; after `timeout` seconds, drop its connections.
+
+    asyncpg's `Pool.close` waits for every connection to come back, and one that a cancelled query
+    still holds while PostgreSQL is unreachable without a reset (packets dropped) never does: its
+    cancellation waits on a connection to the server that cannot open. That once kept an API
+    process from exiting on SIGTERM after an outage; `terminate` closes the sockets at once."""
     if isinstance(engine, PostgresEngine):
-        await engine.close_connection_pool()
-        for node in engine.extra_nodes.values():
-            await node.close_connection_pool()
+        for node in (engine, *engine.extra_nodes.values()):
+            try:
+                await asyncio.wait_for(node.close_connection_pool(), timeout)
+            except TimeoutError:
+                if node.pool is not None:
+                    node.pool.terminate()
+                    node.pool = None
     elif isinstance(engine, LocalSQLiteEngine):
         await engine.close_idle()
