@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.db.tables import Booking, EmailDelivery, MessageReceipt, Notification, Reminder
+from app.db.tables import Booking, EmailDelivery, MessageReceipt, Notification, Reminder, WebhookDelivery
 from app.effects import Effects
 from app.idempotency import forget_expired
 from app.job_queue import (
@@ -84,10 +84,12 @@ async def sweep(effects: Effects) -> None:
 
 
 async def cleanup(effects: Effects) -> None:
-    """Trim event history past retention; delete fired reminders and read notifications > 30 days old."""
+    """Trim event history past retention; delete fired reminders, read notifications and finished
+    webhook deliveries > 30 days old."""
     cutoff = datetime.now(UTC) - timedelta(days=KEEP_DAYS)
     await Reminder.delete().where(Reminder.status != "scheduled", Reminder.due_at < cutoff)
     await Notification.delete().where(Notification.read_at.is_not_null(), Notification.read_at < cutoff)
+    await WebhookDelivery.delete().where(WebhookDelivery.status != "pending", WebhookDelivery.updated_at < cutoff)
     await forget_expired()
     min_id = max(int(datetime.now(UTC).timestamp() * 1000) - effects.settings.stream_retention * 1000, 0)
     redis = effects.jobs.connection
