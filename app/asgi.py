@@ -34,6 +34,7 @@ from app.resources.controllers import ResourceController
 from app.security import TokenCodec
 from app.settings import Settings, load_settings
 from app.validation import validate_request
+from app.webhooks.controllers import WebhookController
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController, MetricsController, AuthController, MeController, UserController, ResourceController,
             BookingController, NotificationController, EventController, AdminController, home, live_page,
             EmailAdminController, MessageController, ConversationController, PoolController, client_file,
-            portal_page, booking_page, assets,
+            portal_page, booking_page, assets, WebhookController,
         ],
         lifespan=[lifespan(settings, engine)],
         state=State({"settings": settings, "tokens": TokenCodec(settings), "metrics": Metrics()}),

@@ -137,6 +137,29 @@ def scheduler(settings: Settings) -> None:
     commands.scheduler(settings)
 
 
+def webhooks(settings: Settings) -> None:
+    """The webhook dispatcher (workers/webhooks.py)."""
+    from workers import webhooks as dispatcher
+
+    dispatcher.dispatcher(settings)
+
+
+def service_token(settings: Settings, scope: str, name: str, days: int) -> str:
+    """A service token (a JWT signed with the configured key) for `name` with `scope`; ValueError
+    for an unknown scope, a bad name or a life outside 1 to 366 days."""
+    from app.security import SERVICE_SCOPES, TokenCodec
+
+    scopes = [s.strip() for s in scope.split(",") if s.strip()]
+    unknown = sorted(set(scopes) - SERVICE_SCOPES)
+    if not scopes or unknown:
+        raise ValueError(f"--scope takes {', '.join(sorted(SERVICE_SCOPES))} (not {', '.join(unknown) or 'nothing'})")
+    if not name or len(name) > 100 or not name.isprintable():
+        raise ValueError("--name must be 1 to 100 printable characters")
+    if not 1 <= days <= 366:
+        raise ValueError("--days must be 1 to 366")
+    return TokenCodec(settings).service_token(name, " ".join(scopes), days * 86400)
+
+
 def _local_url(settings: Settings) -> str:
     """Where this machine reaches the API (a wildcard listen address is not one to open)."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
@@ -197,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("api", help="serve the HTTP API")
     commands.add_parser("worker", help="run an RQ worker")
     commands.add_parser("scheduler", help="run the rq-scheduler")
+    commands.add_parser("webhooks", help="run a webhook dispatcher (each worker starts one by itself)")
+    token = commands.add_parser("service-token", help="print a service token for an integrator")
+    token.add_argument("--scope", required=True, help="comma-separated: events:publish, webhooks:manage")
+    token.add_argument("--name", required=True, help="who the token is for (its `sub`)")
+    token.add_argument("--days", type=int, default=365, help="how long it is valid (1 to 366 days)")
     commands.add_parser("migrate", help="apply database migrations")
     admin = commands.add_parser("create-admin", help="create an admin, or reset an existing one")
     admin.add_argument("--email", required=True)
@@ -218,8 +246,15 @@ def main(argv: list[str] | None = None) -> int:
             print("bookwire: the password must have 8 to 1024 characters", file=sys.stderr)
             return 2
         create_admin(settings, args.email, password)
+    elif args.command == "service-token":
+        try:
+            print(service_token(settings, args.scope, args.name, args.days))
+        except ValueError as exc:
+            print(f"bookwire: {exc}", file=sys.stderr)
+            return 2
     else:
-        {"up": up, "api": api, "worker": worker, "scheduler": scheduler, "migrate": migrate}[args.command](settings)
+        {"up": up, "api": api, "worker": worker, "scheduler": scheduler, "migrate": migrate,
+         "webhooks": webhooks}[args.command](settings)
     return 0
 
 
