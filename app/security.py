@@ -344,6 +344,23 @@ async def current_user(request: Connection) -> AuthUser:
     return await user_from_claims(claims)
 
 
+async def admin_or_service(connection: Connection, scope: str, action: str) -> AuthUser | str:
+    """Who calls an endpoint that integrators share with admins: the `sub` of a service token whose
+    scope has `scope`, or an admin; 401 for a stream token, 403 for anyone else."""
+    claims = connection.app.state.tokens.decode(bearer_token(connection))
+    kind = token_kind(claims)
+    if kind == "stream":
+        raise Unauthorized("A stream token is only valid for GET /v1/events/stream and /v1/events/poll.")
+    if kind == "service":
+        if scope not in token_scopes(claims):
+            raise PermissionDenied(f"This service token's scope does not include {scope}.")
+        return str(claims["sub"])
+    user = await user_from_claims(claims)
+    if not user.is_admin:
+        raise PermissionDenied(f"Only admins and service tokens with the {scope} scope may {action}.")
+    return user
+
+
 async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
     """Guard: 403 unless the caller is an admin (after the usual 401 for a missing or bad token)."""
     user = await current_user(connection)

@@ -8,12 +8,12 @@ from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.params import Parameter
 
-from app.errors import PermissionDenied, Unauthorized, Unprocessable
+from app.errors import Unprocessable
 from app.realtime import poll as long_poll
 from app.realtime.access import EventPrincipal, connection_channels, event_principal
 from app.realtime.events import Event, is_channel, now_rfc3339
 from app.realtime.schemas import EventPublish, PollResult, PublishResult
-from app.security import PUBLISH_SCOPE, bearer_token, once_per_request, token_kind, token_scopes, user_from_claims
+from app.security import PUBLISH_SCOPE, admin_or_service, once_per_request
 
 RESERVED_PREFIXES = ("booking.", "resource.", "notification.", "reminder.", "stream.", "system.", "announcement")
 
@@ -22,20 +22,8 @@ RESERVED_PREFIXES = ("booking.", "resource.", "notification.", "reminder.", "str
 async def event_publisher(request: ASGIConnection[Any, Any, Any, Any]) -> str:
     """Dependency of `POST /v1/events`: who publishes (`service:<sub>` or `user:<id>` of an admin);
     401 for a stream token, 403 for anyone else."""
-    claims = request.app.state.tokens.decode(bearer_token(request))
-    kind = token_kind(claims)
-    if kind == "stream":
-        raise Unauthorized("A stream token is only valid for GET /v1/events/stream and /v1/events/poll.")
-    if kind == "service":
-        if PUBLISH_SCOPE not in token_scopes(claims):
-            raise PermissionDenied("This service token's scope does not include events:publish.")
-        publisher = f"service:{claims['sub']}"
-    else:
-        user = await user_from_claims(claims)
-        if not user.is_admin:
-            raise PermissionDenied("Only admins and service tokens with the events:publish scope may publish.")
-        publisher = f"user:{user.id}"
-    return publisher
+    caller = await admin_or_service(request, PUBLISH_SCOPE, "publish")
+    return f"service:{caller}" if isinstance(caller, str) else f"user:{caller.id}"
 
 
 @once_per_request("event_principal")

@@ -9,10 +9,9 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 
-from app.errors import PermissionDenied, Unauthorized
 from app.idempotency import IdempotencyKey, Remember, run_once
 from app.pagination import DEFAULT_LIMIT, Limit, Page
-from app.security import WEBHOOKS_SCOPE, bearer_token, once_per_request, token_kind, token_scopes, user_from_claims
+from app.security import WEBHOOKS_SCOPE, admin_or_service, once_per_request
 from app.webhooks import services
 from app.webhooks.schemas import DeliveryRead, WebhookCreate, WebhookCreated, WebhookRead, WebhookUpdate
 
@@ -22,19 +21,9 @@ _CALLERS = uuid.UUID("0b8f5d0c-8f5e-4b9a-9b2e-6a1f3c7d2e41")
 @once_per_request("webhook_manager")
 async def webhook_manager(request: ASGIConnection[Any, Any, Any, Any]) -> uuid.UUID:
     """Dependency: who manages webhooks — an admin (their id) or a service token with
-    `webhooks:manage` (an id made from its `sub`, for Idempotency-Key scoping); 401/403 otherwise."""
-    claims = request.app.state.tokens.decode(bearer_token(request))
-    kind = token_kind(claims)
-    if kind == "stream":
-        raise Unauthorized("A stream token is only valid for GET /v1/events/stream and /v1/events/poll.")
-    if kind == "service":
-        if WEBHOOKS_SCOPE not in token_scopes(claims):
-            raise PermissionDenied("This service token's scope does not include webhooks:manage.")
-        return uuid.uuid5(_CALLERS, f"service:{claims['sub']}")
-    user = await user_from_claims(claims)
-    if not user.is_admin:
-        raise PermissionDenied("Only admins and service tokens with the webhooks:manage scope manage webhooks.")
-    return user.id
+    `webhooks:manage` (an id made from its `sub`, to scope Idempotency-Key); 401/403 otherwise."""
+    caller = await admin_or_service(request, WEBHOOKS_SCOPE, "manage webhooks")
+    return uuid.uuid5(_CALLERS, f"service:{caller}") if isinstance(caller, str) else caller.id
 
 
 class WebhookController(Controller):
