@@ -13,12 +13,6 @@ from typing import Any
 
 from litestar import Litestar
 from piccolo.engine.base import Engine
-from redis import Redis as SyncRedis
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.accounts.services import ensure_admin
 from app.db.engine import close_engine, open_engine, relay_node
@@ -28,19 +22,11 @@ from app.job_queue import JobQueue
 from app.realtime.bus import RESUBSCRIBED, EventBus
 from app.realtime.hub import Hub
 from app.realtime.presence import EXPIRE_SECONDS, Presence
+from app.redis_url import redis_client, sync_redis_client
 from app.security import forget_account
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def redis_client(url: str) -> Redis:
-    """A client that retries briefly through a Redis restart instead of failing the first request."""
-    return Redis.from_url(
-        url, health_check_interval=30, socket_connect_timeout=2, socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
 
 
 def _on_control(hub: Hub) -> Callable[[dict[str, str]], None]:
@@ -92,7 +78,7 @@ def lifespan(settings: Settings, engine: Engine) -> Callable[[Litestar], Any]:
                   settings.max_streams_per_user)
         bus = EventBus(redis, settings.stream_retention)
         presence = Presence(redis, hub, bus, settings.presence_offline_after)
-        jobs = JobQueue(SyncRedis.from_url(settings.redis_url, socket_connect_timeout=2))
+        jobs = JobQueue(sync_redis_client(settings.redis_url))
         effects = make_effects(bus, jobs, settings, relay_node(engine))
         app.state.update(redis=redis, hub=hub, bus=bus, presence=presence, effects=effects)
         ready = asyncio.Event()

@@ -15,6 +15,8 @@ from pathlib import Path
 import jwt
 import msgspec
 
+from app.redis_url import check_redis_url
+
 _DURATION_PART = re.compile(r"(\d+)([dhms])")
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -164,6 +166,15 @@ def parse_rate(text: str, name: str) -> tuple[int, int]:
     return limit, seconds
 
 
+def _redis_url(text: str | None) -> str | None:
+    if text is not None:
+        try:
+            check_redis_url(text)
+        except ValueError as exc:  # the message never repeats the URL: it may hold a password
+            raise SettingsError(f"REDIS_URL: {exc}") from None
+    return text
+
+
 def _read_key(value: str, name: str, algorithm: str) -> str:
     """A PEM key given inline (with literal `\\n`s) or as a path to a file, checked against `algorithm`."""
     try:
@@ -217,7 +228,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     host = get("HOST") or "127.0.0.1"
     values: dict[str, object] = {
         "database_url": get("DATABASE_URL") or f"sqlite:///{data_dir / 'bookwire.sqlite3'}",
-        "redis_url": get("REDIS_URL"),
+        "redis_url": _redis_url(get("REDIS_URL")),
         "data_dir": data_dir,
         "jwt_algorithm": algorithm,
         "jwt_secret": secret,

@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.job_queue import JobQueue
 from app.maintenance import install_periodic_jobs
+from app.redis_url import sync_redis_client
 from app.settings import Settings
 from workers import context, queues
 
@@ -24,7 +25,7 @@ log = logging.getLogger("bookwire")
 def _redis(settings: Settings) -> Redis:
     if settings.redis_url is None:
         raise SystemExit("REDIS_URL is not set: run `bookwire up` for an embedded Redis, or set REDIS_URL.")
-    return Redis.from_url(settings.redis_url)
+    return sync_redis_client(settings.redis_url)
 
 
 def _survive_redis_outages(run: Callable[[], object], what: str) -> None:

@@ -21,8 +21,8 @@ from redis import Redis
 from app.db.engine import bind_engine, engine_from_url, open_engine, relay_node
 from app.effects import Effects, make_effects
 from app.job_queue import JobQueue
-from app.lifespan import redis_client
 from app.realtime.bus import EventBus
+from app.redis_url import redis_client
 from app.settings import Settings
 
 P = ParamSpec("P")

@@ -15,13 +15,11 @@ import signal
 import subprocess
 import sys
 
-from redis import Redis as SyncRedis
-
 from app.db.engine import bind_engine, close_engine, engine_from_url, open_engine, relay_node
 from app.effects import make_effects
 from app.job_queue import JobQueue
-from app.lifespan import redis_client
 from app.realtime.bus import EventBus
+from app.redis_url import redis_client, sync_redis_client
 from app.settings import Settings
 from app.webhooks.delivery import Dispatcher
 
@@ -34,7 +32,7 @@ async def _serve(settings: Settings) -> None:
     bind_engine(engine)
     await open_engine(engine)
     redis = redis_client(settings.redis_url)
-    effects = make_effects(EventBus(redis, settings.stream_retention), JobQueue(SyncRedis.from_url(settings.redis_url)),
+    effects = make_effects(EventBus(redis, settings.stream_retention), JobQueue(sync_redis_client(settings.redis_url)),
                            settings, relay_node(engine))
     dispatcher = Dispatcher(redis, effects.change, settings.webhook_retry_intervals, settings.webhook_allow_private)
     stop = asyncio.Event()
