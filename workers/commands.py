@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -17,7 +18,7 @@ from app.job_queue import JobQueue
 from app.maintenance import install_periodic_jobs
 from app.redis_url import sync_redis_client
 from app.settings import Settings
-from workers import context, queues
+from workers import context, queues, webhooks
 
 log = logging.getLogger("bookwire")
 
@@ -84,10 +85,19 @@ def _run_scheduler(connection: Redis) -> None:
 
 
 def worker(settings: Settings) -> None:
-    """An RQ worker whose jobs share this process's one event loop (workers/context.py)."""
+    """An RQ worker whose jobs share this process's one event loop (workers/context.py), and the
+    webhook dispatcher beside it (a child process: workers/webhooks.py)."""
     connection = _redis(settings)
     context.start(settings, connection)
-    _survive_redis_outages(lambda: _run_worker(connection), "worker")
+    dispatcher = webhooks.start_beside_worker()
+    try:
+        _survive_redis_outages(lambda: _run_worker(connection), "worker")
+    finally:
+        dispatcher.terminate()
+        try:
+            dispatcher.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            dispatcher.kill()
 
 
 def scheduler(settings: Settings) -> None:
