@@ -13,7 +13,16 @@ from conftest import Cast, Server, running_api
 
 
 def _log_lines(data_dir: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (data_dir / "api.log").read_text().splitlines() if line.startswith("{")]
+    """The JSON lines of the API's log. The last line may be half written at the moment it is read
+    (the API writes while the test reads): a line that does not parse is left out."""
+    lines = []
+    for text in (data_dir / "api.log").read_text().splitlines():
+        if text.startswith("{"):
+            try:
+                lines.append(json.loads(text))
+            except json.JSONDecodeError:
+                continue
+    return lines
 
 
 def _lines_of(server: Server, request_id: str, timeout: float = 5.0) -> list[dict[str, object]]:

@@ -213,12 +213,15 @@ class Traffic:
         await self.owner.aclose()
 
 
-def bookwire_processes() -> set[tuple[int, str]]:
-    """This test's Bookwire processes (children of this process): (pid, command line)."""
+def bookwire_processes(redis_url: str) -> set[tuple[int, str]]:
+    """This test's Bookwire processes: (pid, command line) of the children of this process that use
+    `redis_url` (a suite's other APIs, started by session fixtures, are children too)."""
     out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True,
                          check=True).stdout
     rows = (line.strip().partition(" ") for line in out.splitlines())
-    return {(int(pid), args) for pid, _, args in rows if "app.cli" in args}
+    wanted = f"REDIS_URL={redis_url}".encode()
+    return {(int(pid), args) for pid, _, args in rows
+            if "app.cli" in args and wanted in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")}
 
 
 def test_failovers_under_traffic_lose_nothing_and_need_no_restart(tmp_path: Path) -> None:
@@ -237,7 +240,7 @@ async def _scenario(group: SentinelGroup, stack: Stack, started: float) -> None:
     for follower in followers:
         await follower.start()
     traffic = Traffic(stack.base_url, customer, owner, resource["id"])
-    before = bookwire_processes()
+    before = bookwire_processes(group.url)
     assert len(before) == 3, before  # the API, the worker, the scheduler
     done = asyncio.Event()
     loop = asyncio.create_task(traffic.run_until(done))
@@ -279,7 +282,7 @@ async def _scenario(group: SentinelGroup, stack: Stack, started: float) -> None:
         problems = [p for f in followers for p in booking_problems(f.label, f.arrivals, expected, traffic.bookings)]
         assert not problems, "\n".join(problems) + "\n" + stack.explain()
         assert all(f.error is None for f in followers), [f.error for f in followers]
-        after = bookwire_processes()
+        after = bookwire_processes(group.url)
         assert after == before, f"a Bookwire process was restarted or died: {before} -> {after}"
         print(f"[sentinel] {len(expected)} booking versions each reached both followers once; "
               f"test took {time.monotonic() - started:.1f} s")
