@@ -91,37 +91,44 @@ async def wait_for(check, timeout: float, what: str) -> None:  # type: ignore[no
         await asyncio.sleep(0.05)
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Receiver, "127.0.0.1", 0)
-    receiver_port = server.sockets[0].getsockname()[1]
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    """The API outside the event loop (its scratch database is made with asyncio.run), then the phases."""
     redis = EmbeddedRedis(workdir / "redis", persist=False)
     redis_url = redis.start()
     (workdir / "api").mkdir()
     try:
         with api_server(args.engine, workdir / "api", redis_url, WEBHOOK_ALLOW_PRIVATE="1",
                         ADMIN_EMAIL=ADMIN_EMAIL, ADMIN_PASSWORD=ADMIN_PASSWORD) as api:
-            port = int(api.base_url.rsplit(":", 1)[1])
-            pool = RequestPool(port, max_connections=16)
+            uvloop_run(phases(args, workdir, api.base_url, api.env))
+    finally:
+        redis.stop()
 
-            async def call(method: str, path: str, token: str | None, body: object = None) -> dict:  # type: ignore[type-arg]
-                answer = await pool.request(http_request(method, path, port, token, json.dumps(body).encode()
-                                                         if body is not None else None))
-                if answer.status >= 300:
-                    raise RuntimeError(f"{method} {path}: {answer.status} {answer.body[:300]!r}")
-                return json.loads(answer.body) if answer.body else {}
 
-            admin = (await call("POST", "/v1/auth/token", None, {"email": ADMIN_EMAIL,
-                                                                "password": ADMIN_PASSWORD}))["access_token"]
-            rows = []
-            for hooks in args.webhooks:
-                rows.append(await throughput(args, api.env, workdir, call, admin, receiver_port, hooks))
-            print(table(["webhooks", "deliveries", "seconds", "deliveries/s", "dispatcher CPU ms/delivery"], rows))
-            await latency(args, api.env, workdir, call, admin, receiver_port)
-            pool.close()
+async def phases(args: argparse.Namespace, workdir: Path, base_url: str, env: dict[str, str]) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Receiver, "127.0.0.1", 0)
+    receiver_port = server.sockets[0].getsockname()[1]
+    try:
+        port = int(base_url.rsplit(":", 1)[1])
+        pool = RequestPool(port, max_connections=16)
+
+        async def call(method: str, path: str, token: str | None, body: object = None) -> dict:  # type: ignore[type-arg]
+            answer = await pool.request(http_request(method, path, port, token, json.dumps(body).encode()
+                                                     if body is not None else None))
+            if answer.status >= 300:
+                raise RuntimeError(f"{method} {path}: {answer.status} {answer.body[:300]!r}")
+            return json.loads(answer.body) if answer.body else {}
+
+        admin = (await call("POST", "/v1/auth/token", None, {"email": ADMIN_EMAIL,
+                                                            "password": ADMIN_PASSWORD}))["access_token"]
+        rows = []
+        for hooks in args.webhooks:
+            rows.append(await throughput(args, env, workdir, call, admin, receiver_port, hooks))
+        print(table(["webhooks", "deliveries", "seconds", "deliveries/s", "dispatcher CPU ms/delivery"], rows))
+        await latency(args, env, workdir, call, admin, receiver_port)
+        pool.close()
     finally:
         server.close()
-        redis.stop()
 
 
 async def throughput(args, env, workdir, call, admin, receiver_port, hooks):  # type: ignore[no-untyped-def]
@@ -210,7 +217,7 @@ def main() -> int:
     interrupt_on_sigterm()
     print(f"engine {args.engine}; {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as workdir:
-        uvloop_run(run(args, Path(workdir)))
+        run(args, Path(workdir))
     return 0
 
 

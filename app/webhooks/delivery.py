@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 10.0
 LEASE_SECONDS = 30
+RENEW_SECONDS = 5.0
+LINGER_SECONDS = 1.0
+FLUSH_SECONDS = 0.25
+"""How long a webhook's task waits for more deliveries before it lets the webhook go: under steady
+traffic the lease is taken once, not once per event (each take and release is a write)."""
 LOOK_EVERY_SECONDS = 1.0
 """How often a dispatcher looks for due deliveries without being woken (retries coming due, a
 lease run out, a wake-up lost while Redis was away)."""
@@ -55,6 +60,28 @@ class Outcome(NamedTuple):
     ok: bool
     status: int | None
     error: str | None
+
+
+class _Successes:
+    """Deliveries answered 2xx and not yet written as such, by answer status."""
+
+    def __init__(self) -> None:
+        self.by_status: dict[int, list[uuid.UUID]] = defaultdict(list)
+        self.ids: set[uuid.UUID] = set()
+        self.since = 0.0
+
+    def add(self, delivery_id: uuid.UUID, status: int) -> None:
+        if not self.ids:
+            self.since = time.monotonic()
+        self.by_status[status].append(delivery_id)
+        self.ids.add(delivery_id)
+
+    def due(self) -> bool:
+        return bool(self.ids) and (len(self.ids) >= BATCH or time.monotonic() - self.since >= FLUSH_SECONDS)
+
+    def clear(self) -> None:
+        self.by_status.clear()
+        self.ids.clear()
 
 
 class Dispatcher:
@@ -75,9 +102,13 @@ class Dispatcher:
         self.sent = self.failed = 0
         self._wake = asyncio.Event()
         self._checked: dict[str, float] = {}  # url -> when its address check passed (monotonic)
+        self._renewed: dict[uuid.UUID, float] = {}  # webhook -> when this dispatcher last extended its lease
+        self._pokes: dict[uuid.UUID, asyncio.Event] = {}  # webhook -> set when deliveries may have come
 
     def wake(self) -> None:
         self._wake.set()
+        for poke in self._pokes.values():
+            poke.set()
 
     async def run(self) -> None:
         """Forever: take what is due, then wait to be woken or for the next look."""
@@ -108,7 +139,7 @@ class Dispatcher:
                     await pubsub.subscribe(WAKE_CHANNEL)
                     self._wake.set()  # anything recorded while not subscribed
                     async for _ in pubsub.listen():
-                        self._wake.set()
+                        self.wake()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis is away: the periodic look carries on meanwhile
@@ -134,45 +165,67 @@ class Dispatcher:
         return len(taken)
 
     async def _serve(self, hook: dict[str, Any]) -> None:
-        """Send the webhook's due deliveries in order until none is left or one fails."""
+        """Send the webhook's due deliveries in order until none is left (for LINGER_SECONDS) or one
+        fails. Successes are written in groups, at most FLUSH_SECONDS after the first of a group:
+        one write per delivery would compete with the API's writes (SQLite has one writer); should
+        the process die first, those deliveries are sent again (at least once)."""
         signer = Signer(hook["secret"])
+        poke = self._pokes[hook["id"]] = asyncio.Event()
+        done = _Successes()
         try:
             while await self._renew(hook["id"]):
-                batch = await WebhookDelivery.select(
+                poke.clear()
+                batch = [d for d in await WebhookDelivery.select(
                     WebhookDelivery.id, WebhookDelivery.event_id, WebhookDelivery.event_type,
                     WebhookDelivery.payload, WebhookDelivery.attempts, WebhookDelivery.next_attempt_at,
                 ).where(WebhookDelivery.webhook_id == hook["id"], WebhookDelivery.status == "pending").order_by(
-                    WebhookDelivery.event_ms, WebhookDelivery.event_seq, WebhookDelivery.id).limit(BATCH)
-                if not batch or not await self._send_in_order(hook, signer, batch):
+                    WebhookDelivery.event_ms, WebhookDelivery.event_seq, WebhookDelivery.id,
+                ).limit(BATCH + len(done.ids)) if d["id"] not in done.ids][:BATCH]
+                if not batch:
+                    if done.due():
+                        await self._record_successes(done)
+                    try:
+                        await asyncio.wait_for(poke.wait(), FLUSH_SECONDS if done.ids else LINGER_SECONDS)
+                    except TimeoutError:
+                        if not done.ids:
+                            return
+                    continue
+                failed = await self._send_in_order(hook, signer, batch, done)
+                if failed is not None or done.due():
+                    await self._record_successes(done)
+                if failed is not None:
+                    delivery, outcome = failed
+                    if outcome is not None:
+                        await self._record_failure(hook, delivery, outcome)
                     return
         except Exception as exc:  # the database is away: the lease runs out, and it is taken again
             log.warning("webhook %s: %s: %s", hook["id"], type(exc).__name__, exc)
         finally:
+            try:
+                await self._record_successes(done)
+            except Exception as exc:  # they are sent again once the lease runs out
+                log.warning("webhook %s: %d successes not recorded: %s", hook["id"], len(done.ids), exc)
             self.serving.pop(hook["id"], None)
+            self._renewed.pop(hook["id"], None)
+            self._pokes.pop(hook["id"], None)
             await self._release([hook["id"]])
             # Deliveries recorded while this task was ending were not taken (it still held the
             # webhook): look again now. A webhook waiting for a retry is not taken (`blocked_until`).
             self._wake.set()
 
-    async def _send_in_order(self, hook: dict[str, Any], signer: Signer, batch: list[dict[str, Any]]) -> bool:
-        """Send `batch` in order; False when it stopped at a failure or at one not due yet."""
-        succeeded: dict[int, list[uuid.UUID]] = defaultdict(list)
-        try:
-            for delivery in batch:
-                if delivery["next_attempt_at"] > datetime.now(UTC):
-                    return False  # waiting for its retry: the later ones wait too
-                outcome = await self._post(hook["url"], signer, delivery)
-                if outcome.ok:
-                    assert outcome.status is not None
-                    succeeded[outcome.status].append(delivery["id"])
-                    continue
-                await self._record_successes(succeeded)
-                succeeded.clear()
-                await self._record_failure(hook, delivery, outcome)
-                return False
-            return True
-        finally:
-            await self._record_successes(succeeded)
+    async def _send_in_order(self, hook: dict[str, Any], signer: Signer, batch: list[dict[str, Any]],
+                             done: _Successes) -> tuple[dict[str, Any], Outcome | None] | None:
+        """Send `batch` in order, noting successes in `done`; the delivery it stopped at and why
+        (an outcome, or None when it is not due yet: it waits for its retry, the later ones too)."""
+        for delivery in batch:
+            if delivery["next_attempt_at"] > datetime.now(UTC):
+                return delivery, None
+            outcome = await self._post(hook["url"], signer, delivery)
+            if not outcome.ok:
+                return delivery, outcome
+            assert outcome.status is not None
+            done.add(delivery["id"], outcome.status)
+        return None
 
     async def _post(self, url: str, signer: Signer, delivery: dict[str, Any]) -> Outcome:
         body = delivery["payload"]
@@ -204,15 +257,16 @@ class Dispatcher:
             await check_url(url, self.allow_private)
             self._checked[url] = time.monotonic()
 
-    async def _record_successes(self, succeeded: dict[int, list[uuid.UUID]]) -> None:
+    async def _record_successes(self, done: _Successes) -> None:
         now = datetime.now(UTC)
-        for status, ids in succeeded.items():
+        for status, ids in done.by_status.items():
             await WebhookDelivery.update({
                 WebhookDelivery.status: "succeeded", WebhookDelivery.attempts: WebhookDelivery.attempts + 1,
                 WebhookDelivery.response_status: status, WebhookDelivery.last_error: None,
                 WebhookDelivery.next_attempt_at: None, WebhookDelivery.updated_at: now,
             }).where(WebhookDelivery.id.is_in(ids))
             self.sent += len(ids)
+        done.clear()
 
     async def _record_failure(self, hook: dict[str, Any], delivery: dict[str, Any], outcome: Outcome) -> None:
         """Wait for the next interval, or, after the last, fail and tell the admins (one change)."""
@@ -241,11 +295,18 @@ class Dispatcher:
                  outcome.error, " (giving up)" if give_up else "")
 
     async def _renew(self, webhook_id: uuid.UUID) -> bool:
-        """Extend the lease; False when it is no longer ours (or the webhook is gone or inactive)."""
+        """Extend the lease; False when it is no longer ours (or the webhook is gone or inactive).
+        Written at most every RENEW_SECONDS: a write per batch would compete with the API's writes
+        (SQLite has one writer) for nothing."""
         now = datetime.now(UTC)
+        renewed = self._renewed.get(webhook_id)
+        if renewed is not None and time.monotonic() - renewed < RENEW_SECONDS:
+            return True
         kept = await Webhook.update({Webhook.lease_until: now + timedelta(seconds=LEASE_SECONDS)}).where(
             Webhook.id == webhook_id, Webhook.lease_owner == self.owner, Webhook.active == True,  # noqa: E712
         ).returning(Webhook.id)
+        if kept:
+            self._renewed[webhook_id] = time.monotonic()
         return bool(kept)
 
     async def _release(self, webhook_ids: list[uuid.UUID]) -> None:
