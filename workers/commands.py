@@ -70,6 +70,10 @@ def _run_worker(connection: Redis) -> None:
             log.info("worker stopped on request (Redis unreachable: its registration expires by itself)")
             return
         raise
+    if getattr(worker, "_shutdown_requested_date", None) is None:
+        # RQ's work loop logs "found an unhandled exception, quitting" and *returns* when a Redis
+        # command fails while it waits for a job (a failover, a restart): that is no stop.
+        raise RedisConnectionError("the RQ work loop ended on an error, not on a stop request")
 
 
 def _run_scheduler(connection: Redis) -> None:
