@@ -170,7 +170,9 @@ export class Bookwire {
   /** A connection's AbortController, aborted with the loop too. */
   _connect(signal) {
     const connection = new AbortController();
-    signal.addEventListener("abort", () => connection.abort(), { once: true });
+    const onAbort = () => connection.abort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    connection.release = () => signal.removeEventListener("abort", onAbort);  // when the connection is over
     this._connection = connection;
     return connection;
   }
@@ -235,12 +237,17 @@ export class Bookwire {
       }
     } finally {
       clearTimeout(watchdog);
+      connection.release();
     }
   }
 
   async _poll(signal) {
-    this._setState(this._state === "polling" ? "polling" : "connecting");
     const connection = this._connect(signal);
+    try { await this._pollWith(connection, signal); } finally { connection.release(); }
+  }
+
+  async _pollWith(connection, signal) {
+    this._setState(this._state === "polling" ? "polling" : "connecting");
     const params = new URLSearchParams({ timeout: String(POLL_TIMEOUT_SECONDS) });
     if (this._lastEventId) params.set("cursor", this._lastEventId);
     if (this.topics.length) params.set("topics", this.topics.join(","));
