@@ -28,21 +28,28 @@ received (a growing set in the page would be the very growth being measured): it
 
 After `--warmup` seconds (240: the client remembers the last 2,000 ids to drop duplicates, 200 s at
 10 events/s; that fill is not a leak) and then every `--sample-every` seconds, through the Chrome
-DevTools Protocol: `HeapProfiler.collectGarbage` then `Performance.getMetrics` (`JSHeapUsedSize`:
-only what is still reachable, so a rise is retained memory; Blink's own heap (Oilpan, where
-DOM nodes, AbortControllers and listener registrations live: `Runtime.getHeapUsage`
-`embedderHeapUsedSize`); the renderer's RSS; `Nodes`; `JSEventListeners`, every
-listener added from JS to any EventTarget, AbortSignals included), and the renderer's CPU
-(`ProcessTime`: the page's renderer process, all threads, read before the collection so that its
-cost falls on the next interval; `TaskDuration`: its main thread's busy time). The CPU of the other
-Chromium processes (browser, network service, GPU) comes from `SystemInfo.getProcessInfo`.
+DevTools Protocol: `HeapProfiler.collectGarbage` (twice), then the V8 heap in use (`JSHeapUsedSize`)
+and Blink's own heap (Oilpan, where DOM nodes, AbortControllers and listener registrations live:
+`Runtime.getHeapUsage` `embedderHeapUsedSize`): only what is still reachable, so a rise is retained
+memory. Also the renderer's RSS, `Nodes`, `JSEventListeners` (every listener added from JS to any
+EventTarget, AbortSignals included), and the renderer's CPU (`ProcessTime`: the page's renderer
+process, all threads, read before the collections so that their cost falls on the next interval;
+`TaskDuration`: its main thread's busy time). The CPU of the other Chromium processes (browser,
+network service, GPU) comes from `SystemInfo.getProcessInfo`.
 
-Summary: heap at the first sample and the last, growth in MB and per hour, the least-squares slope of
-the heap over all samples; listeners and nodes likewise; renderer CPU s per hour and % of one core;
-events sent/received/duplicated/missing/out of order; connections opened (streams, long-polls),
-state changes, stream.reset. Exit status 1 when an event was lost, duplicated or out of order, or
-the API logged a traceback; 130 when interrupted (Ctrl-C or SIGTERM: the browser, the API and
-Redis are stopped either way).
+Playwright keeps DevTools' Network domain enabled, and Chromium then keeps a record of every request
+and a copy of each response body in the renderer: that shows in the renderer's RSS and, per request,
+a little in Blink's heap; a page without DevTools attached has neither. At the end the benchmark
+reports how many MB of the finished streams' bodies DevTools held.
+
+Summary: for each memory figure, its value at the first sample and the last, the growth in MB and
+per hour, the least-squares slope over all samples, and the growth of its floor (lowest of the last
+quarter of the samples against the lowest of the first); listeners and nodes likewise; renderer CPU
+s per hour and % of one core; events sent/received/duplicated/missing/out of order; connections
+opened (streams, long-polls), state changes, stream.reset. `--client PATH` measures another copy of
+the client (e.g. a candidate fix); `--payload N` pads each event (magnifies what is kept per byte).
+Exit status 1 when an event was lost, duplicated or out of order, or the API logged a traceback;
+130 when interrupted (Ctrl-C or SIGTERM: the browser, the API and Redis are stopped either way).
 """
 
 from __future__ import annotations
@@ -766,9 +773,11 @@ def main(argv: list[str] | None = None) -> int:
           and summary["events_out_of_order"] == 0 and summary["events_unexpected"] == 0
           and summary["events_sent"] > 0 and log_problems[0] == 0)
     if interrupted:
-        print(f"!! interrupted ({interrupted}): the figures cover what was done")
-    print("OK: every event arrived once, in order" if ok else "!! FAILED: events lost, duplicated or out of "
-          "order, nothing sent, or a traceback in the API log")
+        print(f"!! interrupted ({interrupted}): the figures cover what was done (events still in flight count "
+              "as missing)")
+    else:
+        print("OK: every event arrived once, in order" if ok else "!! FAILED: events lost, duplicated or out of "
+              "order, nothing sent, or a traceback in the API log")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(no_nan({
